@@ -1,0 +1,41 @@
+# `make demo`: set up and run the main job on the embedded default (a local SQLite store, no server).
+# `make test`: set up with the test extra and run every test against a real MLflow server.
+# Both are idempotent: the venv and the installs are redone only when pyproject.toml changes.
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: demo test install install-test lint bench clean
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/promote demo
+
+test: $(VENV)/.installed-test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(PY)
+	$(PIP) -e '.[test]'
+	@touch $@ $(VENV)/.installed
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check promotion tests bench train
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.installed-test
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit $$?; done
+
+clean:
+	rm -rf $(VENV) mlflow.db mlartifacts .pytest_cache

@@ -1,0 +1,56 @@
+"""Every expected failure derives from FatalError and carries its exit code.
+
+The CLI's single error boundary (promotion.cli.main) maps these to process exit codes; nothing else
+calls sys.exit. Outcomes that are not failures (a rejection by policy) are results with a
+`return_code`, not exceptions.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The documented exit codes (README: "Exit codes")."""
+
+    OK = 0  # promoted, would be promoted (dry run), already Production, valid, done
+    REJECTED = 1  # a policy rule failed (or the result was inconclusive): nothing moved
+    INVALID_INPUT = 2  # bad policy, arguments, config, unknown model/version/alias
+    REGISTRY = 3  # registry unreachable after bounded retries, or the alias moved while deciding
+    BUG = 4  # unexpected error: traceback written to a log file
+    INTERRUPTED = 130  # Ctrl-C / SIGINT
+
+
+class FatalError(Exception):
+    """Base of every expected failure. The message is one clear line meant for the user."""
+
+    exit_code: ExitCode = ExitCode.INVALID_INPUT
+
+    def lines(self) -> list[str]:
+        """What the boundary prints, one item per line (subclasses may print several)."""
+        return [str(self)]
+
+
+class InvalidInput(FatalError):
+    """Bad input: arguments, configs, unknown model / version / alias."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+
+class RegistryError(FatalError):
+    """The registry could not be read or written (unreachable, refused, inconsistent)."""
+
+    exit_code = ExitCode.REGISTRY
+
+
+class ConflictError(RegistryError):
+    """The alias moved while a decision was being made; nothing was moved."""
+
+
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """Remove credentials embedded in URIs (scheme://user:pass@host) from text meant for output."""
+    return _USERINFO.sub(r"\g<scheme>***@", text)

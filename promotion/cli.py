@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from promotion import __version__
+from promotion import DISTRIBUTION
 from promotion.errors import ExitCode, FatalError, redact
 
 # name -> (module, one-line help). The help is static so listing commands imports nothing.
@@ -60,7 +60,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="promote")
+@click.version_option(package_name=DISTRIBUTION, prog_name="promote")
 @click.option(
     "--tracking-uri",
     envvar="MLFLOW_TRACKING_URI",

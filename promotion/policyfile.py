@@ -13,7 +13,9 @@ objects, and it refuses what a plain `yaml.safe_load` would silently accept or c
   graph is still shared, before anything is expanded).
 
 Anchors, aliases and `<<` merge keys are supported within that bound, so rules can be shared.
-Numbers written in exponent form without a dot (`1e-3`) are read as numbers, as YAML 1.2 does.
+Scalars resolve as PyYAML's safe loader does, with two YAML 1.2 corrections that match what
+editors show: only `true`/`false` are booleans (`yes`, `no`, `on`, `off` are strings), and
+numbers in exponent form (`1e-3`, `7.5e1`) are numbers.
 
 Every problem becomes an `Issue` (file, 1-based line and column, dotted key path, message); all the
 problems found are raised together as one `PolicyError`.
@@ -71,10 +73,12 @@ class Issue:
 
 
 class PolicyError(InvalidInput):
-    """A policy file is invalid. `.issues` holds every problem found, in file order."""
+    """Policy files are invalid. `.issues` holds every problem found, by file and position."""
 
     def __init__(self, issues: Sequence[Issue]) -> None:
-        self.issues: list[Issue] = sorted(set(issues))
+        # Files keep the order they were given in; within a file, issues go by position.
+        order = {name: i for i, name in enumerate(dict.fromkeys(issue.file for issue in issues))}
+        self.issues: list[Issue] = sorted(set(issues), key=lambda i: (order[i.file], i))
         first = str(self.issues[0]) if self.issues else "invalid policy"
         more = len(self.issues) - 1
         super().__init__(f"{first} (and {more} more)" if more > 0 else first)
@@ -91,7 +95,8 @@ def format_key(path: Iterable[Key]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
             continue
-        text = part if _SIMPLE_KEY.fullmatch(part) else '"' + part.replace('"', '\\"') + '"'
+        text = part if _SIMPLE_KEY.fullmatch(part) else \
+            '"' + printable(part.replace('"', '\\"'), limit=60) + '"'
         out += f".{text}" if out else text
     return out
 
@@ -156,7 +161,7 @@ class _LoaderIssue(Exception):
 
 
 class PolicyLoader(yaml.SafeLoader):
-    """SafeLoader composition with a depth bound and YAML 1.2-style exponent floats."""
+    """SafeLoader composition with a depth bound (and the YAML 1.2 resolvers set up below)."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
@@ -175,6 +180,14 @@ class PolicyLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+# YAML 1.2 core schema booleans, as editors read the file: `yes`, `no`, `on`, `off` stay strings
+# (under YAML 1.1 `data_validated: yes` would silently become a boolean).
+PolicyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _CORE + "bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+PolicyLoader.add_implicit_resolver(
+    _CORE + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 PolicyLoader.add_implicit_resolver(
     _CORE + "float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -229,7 +242,7 @@ def _compose_single(text: str) -> Node | None:
         loader.get_event()  # StreamStartEvent
         if loader.check_event(yaml.StreamEndEvent):
             return None
-        node: Node = loader.compose_document()
+        node: Node | None = loader.compose_document()
         if not loader.check_event(yaml.StreamEndEvent):
             mark = loader.peek_event().start_mark
             raise _LoaderIssue(mark, "a policy file holds exactly one YAML document; "
@@ -246,6 +259,9 @@ def _syntax_issue(name: str, exc: yaml.MarkedYAMLError) -> Issue:
     if "'\\t'" in problem:
         return Issue(name, line, col, "", "invalid YAML: tab characters cannot indent YAML; "
                                           "use spaces")
+    if problem.startswith(("found character '@'", "found character '`'")):
+        return Issue(name, line, col, "", f"invalid YAML: {problem[16:19]} cannot start a plain "
+                                          "value; quote it")
     message = f"invalid YAML: {problem}"
     cmark = exc.context_mark
     if exc.context and cmark is not None and (cmark.line, cmark.column) != (line - 1, col - 1):

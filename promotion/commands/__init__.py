@@ -1,0 +1,1 @@
+"""The `promote` subcommands: thin click layers over plain functions."""

@@ -38,4 +38,4 @@ bench: $(VENV)/.installed-test
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit $$?; done
 
 clean:
-	rm -rf $(VENV) mlflow.db mlartifacts .pytest_cache
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts .pytest_cache

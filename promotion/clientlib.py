@@ -26,8 +26,13 @@ RETRY_DEFAULTS = {
 }
 
 
+# A gate runs in CI with credentials in its environment: it sends nothing anywhere but the
+# tracking server unless the user opts in (MLFLOW_DISABLE_TELEMETRY=false).
+PRIVACY_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
 def apply_retry_defaults() -> None:
-    for name, value in RETRY_DEFAULTS.items():
+    for name, value in {**RETRY_DEFAULTS, **PRIVACY_DEFAULTS}.items():
         os.environ.setdefault(name, value)
 
 

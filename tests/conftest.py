@@ -40,6 +40,10 @@ MLFLOW_VERSION = version("mlflow")
 # Where accidental MLflow I/O goes in tests that did not ask for a server: a loopback port nothing
 # listens on, so it fails loudly (connection refused) instead of writing ./mlflow.db.
 NOWHERE = "http://127.0.0.1:9"
+# Tests send traffic to loopback only: MLflow's usage telemetry stays off in this process, in
+# subprocesses and in the test server.
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+os.environ.update(NO_TELEMETRY)
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ def _start_container(p: ServerPlan) -> Iterator[str]:
                      .with_command(_server_args("0.0.0.0", port, backend, "/tmp/mlflow/artifacts")
                                    + ["--allowed-hosts", "*"]))
     # The official image has no /tmp/mlflow; create it before the server needs it.
+    container.with_envs(**NO_TELEMETRY)
     container.with_kwargs(**container._kwargs, entrypoint=["sh", "-c", 'mkdir -p /tmp/mlflow && exec "$@"', "--"])
     container.start()
     try:
@@ -175,7 +180,7 @@ def _start_subprocess(p: ServerPlan) -> Iterator[str]:
     log = open(scratch / "server.log", "wb")  # noqa: SIM115 - closed in finally
     # Its own session: `mlflow server` also starts a job consumer process; stop the whole group.
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": ""})
+                            env={**os.environ, **NO_TELEMETRY, "MLFLOW_TRACKING_URI": ""})
     try:
         try:
             _wait_healthy(f"http://127.0.0.1:{port}", timeout=120, alive=lambda: proc.poll() is None)
@@ -215,6 +220,7 @@ def _no_accidental_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", NOWHERE)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("PROMOTE_LOG_DIR", tempfile.gettempdir())
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT", "GITHUB_ENV"):
         monkeypatch.delenv(name, raising=False)
 

@@ -1,0 +1,40 @@
+"""`promote demo`: the main job that `make demo` runs (see promotion.demo)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from promotion.commands.train import tracking_uri_option
+from promotion.demo import DEFAULT_CANDIDATES, DEFAULT_POLICIES
+
+
+@click.command(name="demo")
+@click.option("--candidates", default=DEFAULT_CANDIDATES, show_default=True, metavar="DIR",
+              help="Directory of candidate configs; every *.yaml in it is trained.")
+@click.option("--policies", default=DEFAULT_POLICIES, show_default=True, metavar="DIR",
+              help="Directory of policies; those naming the candidates' model gate them.")
+@click.option("--model-name", metavar="NAME",
+              help="Register and gate under this model name instead of the configs' one.")
+@click.option("--rows", default=5, show_default=True, type=click.IntRange(1, 1000),
+              help="How many holdout rows to predict and print.")
+@click.option("--details", is_flag=True, help="Also print each gate's full report.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print only the result as JSON (phases and timings included).")
+def command(candidates: str, policies: str, model_name: str | None, rows: int, details: bool,
+            as_json: bool) -> object:
+    """Train every candidate, gate each new version, then predict from Production.
+
+    Uses the group's --tracking-uri / MLFLOW_TRACKING_URI, else a local SQLite store
+    (sqlite:///mlflow.db in the current directory, artifacts in ./mlruns; no server).
+    Exits 0 when the job ran, whatever each gate decided.
+    """
+    from promotion.demo import run_demo
+
+    result = run_demo(tracking_uri=tracking_uri_option(), candidates=candidates,
+                      policies=policies, model_name=model_name, rows=rows, details=details,
+                      say=(lambda _line: None) if as_json else click.echo)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+    return result

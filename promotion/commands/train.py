@@ -1,0 +1,44 @@
+"""`promote train CONFIG...`: train candidates and register each as a new `challenger` version."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import click
+
+from promotion.cli import Context
+
+if TYPE_CHECKING:
+    from promotion.training import TrainResult
+
+
+def tracking_uri_option() -> str | None:
+    """The group's --tracking-uri (or MLFLOW_TRACKING_URI); None lets MLflow pick its default."""
+    ctx = click.get_current_context().find_object(Context)
+    return ctx.tracking_uri if ctx is not None else None
+
+
+@click.command(name="train")
+@click.argument("configs", nargs=-1, required=True, metavar="CONFIG...",
+                type=click.Path(dir_okay=False))
+@click.option("--model-name", metavar="NAME",
+              help="Register into this model instead of the one each config names.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+def command(configs: tuple[str, ...], model_name: str | None, as_json: bool) -> object:
+    """Train each CONFIG (train/candidates/*.yaml), register a new version, alias it `challenger`.
+
+    Every config is validated before anything is written: one bad config and nothing is trained.
+    Prints the run id, the registered version and the holdout metrics of each candidate.
+    """
+    from promotion.training import train_candidates
+
+    def progress(result: TrainResult) -> None:
+        if not as_json:
+            click.echo("\n".join(result.lines()))
+
+    report = train_candidates(configs, tracking_uri=tracking_uri_option(), model_name=model_name,
+                              progress=progress)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    return report

@@ -1,0 +1,1 @@
+"""Candidate configs (train/candidates/*.yaml); `python -m train` is `promote train`."""

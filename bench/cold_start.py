@@ -38,8 +38,10 @@ def main() -> None:
     for name, seconds in rows:
         print(f"  {name:<{width}}  {seconds * 1000:7.0f} ms")
     help_s, mlflow_s = rows[0][1], rows[-1][1]
-    print(f"  goal: promote --help <= 300 ms -> {'met' if help_s <= 0.3 else 'NOT met'}; "
-          f"{mlflow_s / help_s:.1f}x faster than import mlflow")
+    print(
+        f"  goal: promote --help <= 300 ms -> {'met' if help_s <= 0.3 else 'NOT met'}; "
+        f"{mlflow_s / help_s:.1f}x faster than import mlflow"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Promote: a GitOps promotion gate for MLflow.
 
-Kept import-light on purpose: `promote --help` and policy validation must not pay for `import mlflow`
-(nor even for reading package metadata, which `__version__` does on first access).
+Kept import-light on purpose: `promote --help` and policy validation must not pay for
+`import mlflow` (nor for reading package metadata, which `__version__` does on first access).
 """
 
 from __future__ import annotations

@@ -24,14 +24,32 @@ from promotion.errors import ExitCode, FatalError, redact
 
 # name -> (module, one-line help). The help is static so listing commands imports nothing.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "gate": ("promotion.commands.gate", "Gate a candidate version against the alias a policy guards."),
+    "gate": (
+        "promotion.commands.gate",
+        "Gate a candidate version against the alias a policy guards.",
+    ),
     "rollback": ("promotion.commands.rollback", "Move the alias back to <alias>-previous."),
-    "status": ("promotion.commands.status", "Show every alias of a model and each version's last decision."),
+    "status": (
+        "promotion.commands.status",
+        "Show every alias of a model and each version's last decision.",
+    ),
     "history": ("promotion.commands.history", "Show past promotion decisions, newest first."),
-    "policy": ("promotion.commands.policy", "Validate policies, preview the effect of a policy edit."),
-    "train": ("promotion.commands.train", "Train a candidate from a config and register it as a new version."),
-    "demo": ("promotion.commands.demo", "Run the main job: train every candidate, gate each, load Production."),
-    "serve": ("promotion.commands.serve", "Serve models:/MODEL@ALIAS over HTTP, following the alias as it moves."),
+    "policy": (
+        "promotion.commands.policy",
+        "Validate policies, preview the effect of a policy edit.",
+    ),
+    "train": (
+        "promotion.commands.train",
+        "Train a candidate from a config and register it as a new version.",
+    ),
+    "demo": (
+        "promotion.commands.demo",
+        "Run the main job: train every candidate, gate each, load Production.",
+    ),
+    "serve": (
+        "promotion.commands.serve",
+        "Serve models:/MODEL@ALIAS over HTTP, following the alias as it moves.",
+    ),
 }
 
 
@@ -83,7 +101,9 @@ def _crash_log(exc: BaseException) -> str:
     """Write the traceback of an unexpected error to a file and return its path."""
     directory = os.environ.get("PROMOTE_LOG_DIR") or tempfile.gettempdir()
     os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, f"promote-crash-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log")
+    path = os.path.join(
+        directory, f"promote-crash-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+    )
     text = "".join(traceback.format_exception(exc))
     with open(path, "w", encoding="utf-8") as f:
         f.write(redact(text))
@@ -93,8 +113,11 @@ def _crash_log(exc: BaseException) -> str:
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return the exit code: the one place exceptions become exit codes."""
     try:
-        result: Any = cli.main(args=list(argv) if argv is not None else None, prog_name="promote",
-                               standalone_mode=False)
+        result: Any = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="promote",
+            standalone_mode=False,
+        )
     except FatalError as exc:
         for line in exc.lines():
             click.echo(redact(line), err=True)
@@ -109,8 +132,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:
         path = _crash_log(exc)
-        click.echo(f"promote: unexpected error ({type(exc).__name__}); traceback written to {path}",
-                   err=True)
+        click.echo(
+            f"promote: unexpected error ({type(exc).__name__}); traceback written to {path}",
+            err=True,
+        )
         return int(ExitCode.BUG)
     # Commands return an int, an object with `return_code`, or None (success).
     if result is None:

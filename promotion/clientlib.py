@@ -47,8 +47,9 @@ def connect(tracking_uri: str | None) -> MlflowClient:
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.MlflowClient(tracking_uri=mlflow.get_tracking_uri(),
-                               registry_uri=mlflow.get_registry_uri())
+    return mlflow.MlflowClient(
+        tracking_uri=mlflow.get_tracking_uri(), registry_uri=mlflow.get_registry_uri()
+    )
 
 
 def describe_uri(tracking_uri: str | None) -> str:

@@ -95,7 +95,9 @@ class Candidate:
         raise ValueError(f"expected 'latest', a version number or '@<alias>', got {s!r}")
 
     def __str__(self) -> str:
-        return {"latest": "latest", "version": str(self.value), "alias": f"@{self.value}"}[self.kind]
+        return {"latest": "latest", "version": str(self.value), "alias": f"@{self.value}"}[
+            self.kind
+        ]
 
 
 @dataclass(frozen=True)

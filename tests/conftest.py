@@ -62,8 +62,10 @@ class ServerPlan:
             return f"mlflow test server: existing {os.environ['PROMOTE_TEST_TRACKING_URI']}"
         image = f" image={self.image}" if self.image else ""
         network = " network=host" if self.host_network else ""
-        return (f"mlflow test server: {self.path}{image} backend={self.backend_kind}{network} "
-                f"(mlflow {MLFLOW_VERSION})")
+        return (
+            f"mlflow test server: {self.path}{image} backend={self.backend_kind}{network} "
+            f"(mlflow {MLFLOW_VERSION})"
+        )
 
 
 def _docker_reachable() -> tuple[bool, str]:
@@ -83,12 +85,16 @@ def _plan() -> ServerPlan:
         return ServerPlan("existing", None, backend, False)
     ok, why = _docker_reachable()
     if ok:
-        image = os.environ.get("PROMOTE_TEST_MLFLOW_IMAGE") or f"ghcr.io/mlflow/mlflow:v{MLFLOW_VERSION}"
+        image = (
+            os.environ.get("PROMOTE_TEST_MLFLOW_IMAGE")
+            or f"ghcr.io/mlflow/mlflow:v{MLFLOW_VERSION}"
+        )
         host = os.environ.get("PROMOTE_TEST_DOCKER_NETWORK") == "host"
         return ServerPlan("testcontainers", image, backend, host)
     if os.environ.get("PROMOTE_TEST_REQUIRE") == "testcontainers":
         raise pytest.UsageError(
-            f"PROMOTE_TEST_REQUIRE=testcontainers but no Docker engine is reachable: {why}")
+            f"PROMOTE_TEST_REQUIRE=testcontainers but no Docker engine is reachable: {why}"
+        )
     return ServerPlan("subprocess", None, backend, False)
 
 
@@ -129,9 +135,20 @@ def _wait_healthy(url: str, timeout: float, alive=lambda: True) -> None:
 
 
 def _server_args(host: str, port: int, backend: str, artifacts: str) -> list[str]:
-    return ["mlflow", "server", "--host", host, "--port", str(port),
-            "--backend-store-uri", backend, "--artifacts-destination", artifacts,
-            "--workers", "2"]
+    return [
+        "mlflow",
+        "server",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        artifacts,
+        "--workers",
+        "2",
+    ]
 
 
 def _start_container(p: ServerPlan) -> Iterator[str]:
@@ -140,18 +157,29 @@ def _start_container(p: ServerPlan) -> Iterator[str]:
     backend = p.backend or "sqlite:////tmp/mlflow/mlflow.db"
     if p.host_network:
         port = _free_port()
-        container = (DockerContainer(p.image)
-                     .with_kwargs(network_mode="host")
-                     .with_command(_server_args("127.0.0.1", port, backend, "/tmp/mlflow/artifacts")))
+        container = (
+            DockerContainer(p.image)
+            .with_kwargs(network_mode="host")
+            .with_command(_server_args("127.0.0.1", port, backend, "/tmp/mlflow/artifacts"))
+        )
     else:
         port = 5000
-        container = (DockerContainer(p.image)
-                     .with_exposed_ports(port)
-                     .with_command(_server_args("0.0.0.0", port, backend, "/tmp/mlflow/artifacts")
-                                   + ["--allowed-hosts", "*"]))
+        container = (
+            DockerContainer(p.image)
+            .with_exposed_ports(port)
+            .with_command(
+                [
+                    *_server_args("0.0.0.0", port, backend, "/tmp/mlflow/artifacts"),
+                    "--allowed-hosts",
+                    "*",
+                ]
+            )
+        )
     # The official image has no /tmp/mlflow; create it before the server needs it.
     container.with_envs(**NO_TELEMETRY)
-    container.with_kwargs(**container._kwargs, entrypoint=["sh", "-c", 'mkdir -p /tmp/mlflow && exec "$@"', "--"])
+    container.with_kwargs(
+        **container._kwargs, entrypoint=["sh", "-c", 'mkdir -p /tmp/mlflow && exec "$@"', "--"]
+    )
     container.start()
     try:
         if p.host_network:
@@ -159,9 +187,14 @@ def _start_container(p: ServerPlan) -> Iterator[str]:
         else:
             url = f"http://{container.get_container_host_ip()}:{container.get_exposed_port(port)}"
         try:
-            _wait_healthy(url, timeout=180,
-                          alive=lambda: container.get_wrapped_container().reload() or
-                          container.get_wrapped_container().status == "running")
+            _wait_healthy(
+                url,
+                timeout=180,
+                alive=lambda: (
+                    container.get_wrapped_container().reload()
+                    or container.get_wrapped_container().status == "running"
+                ),
+            )
         except RuntimeError:
             out, err = container.get_logs()
             sys.stderr.write((out + err).decode(errors="replace")[-4000:])
@@ -179,11 +212,18 @@ def _start_subprocess(p: ServerPlan) -> Iterator[str]:
     args[0] = str(Path(sys.executable).with_name("mlflow"))
     log = open(scratch / "server.log", "wb")  # noqa: SIM115 - closed in finally
     # Its own session: `mlflow server` also starts a job consumer process; stop the whole group.
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            env={**os.environ, **NO_TELEMETRY, "MLFLOW_TRACKING_URI": ""})
+    proc = subprocess.Popen(
+        args,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, **NO_TELEMETRY, "MLFLOW_TRACKING_URI": ""},
+    )
     try:
         try:
-            _wait_healthy(f"http://127.0.0.1:{port}", timeout=120, alive=lambda: proc.poll() is None)
+            _wait_healthy(
+                f"http://127.0.0.1:{port}", timeout=120, alive=lambda: proc.poll() is None
+            )
         except RuntimeError:
             sys.stderr.write((scratch / "server.log").read_text(errors="replace")[-4000:])
             raise
@@ -206,9 +246,11 @@ def mlflow_server() -> Iterator[str]:
         yield os.environ["PROMOTE_TEST_TRACKING_URI"].rstrip("/")
         return
     if p.path == "subprocess":
-        warnings.warn("No Docker engine reachable: the MLflow test server runs as a local "
-                      "`mlflow server` subprocess instead of a testcontainers container.",
-                      stacklevel=1)
+        warnings.warn(
+            "No Docker engine reachable: the MLflow test server runs as a local "
+            "`mlflow server` subprocess instead of a testcontainers container.",
+            stacklevel=1,
+        )
         yield from _start_subprocess(p)
         return
     yield from _start_container(p)

@@ -1,4 +1,4 @@
-"""The CLI's contract: version, help without mlflow, and one boundary mapping errors to exit codes."""
+"""The CLI contract: version, help without mlflow, one boundary mapping errors to exit codes."""
 
 from __future__ import annotations
 
@@ -25,16 +25,22 @@ def test_version(capsys):
 
 
 def test_help_lists_every_command_without_importing_mlflow():
-    code = ("import sys; from promotion.cli import run; rc = run(['--help']); "
-            "print('RC', rc, 'MLFLOW', 'mlflow' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys; from promotion.cli import run; rc = run(['--help']); "
+        "print('RC', rc, 'MLFLOW', 'mlflow' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
     assert "RC 0 MLFLOW False" in out
     for name in COMMANDS:
         assert re.search(rf"^\s+{name}\s", out, re.M), name
 
 
 def test_python_dash_m_works():
-    proc = subprocess.run([sys.executable, "-m", "promotion", "--version"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "promotion", "--version"], capture_output=True, text=True
+    )
     assert proc.returncode == 0 and __version__ in proc.stdout
 
 
@@ -54,15 +60,18 @@ def test_missing_argument_is_invalid_input(boom, capsys):
     assert "Missing argument" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("kind", "code"), [
-    ("ok", ExitCode.OK),
-    ("rejected", ExitCode.REJECTED),
-    ("invalid", ExitCode.INVALID_INPUT),
-    ("registry", ExitCode.REGISTRY),
-    ("conflict", ExitCode.REGISTRY),
-    ("interrupt", ExitCode.INTERRUPTED),
-    ("bug", ExitCode.BUG),
-])
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [
+        ("ok", ExitCode.OK),
+        ("rejected", ExitCode.REJECTED),
+        ("invalid", ExitCode.INVALID_INPUT),
+        ("registry", ExitCode.REGISTRY),
+        ("conflict", ExitCode.REGISTRY),
+        ("interrupt", ExitCode.INTERRUPTED),
+        ("bug", ExitCode.BUG),
+    ],
+)
 def test_boundary_maps_outcomes_to_documented_exit_codes(boom, kind, code):
     assert run(["boom", kind]) == code
 
@@ -85,11 +94,17 @@ def test_unexpected_error_logs_traceback_and_points_to_it(boom, capsys, tmp_path
     assert "hunter2" not in text and "bob" not in text
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("http://u:p@host:5000/x", "http://***@host:5000/x"),
-    ("postgresql://user:pw@127.0.0.1/db and https://t@h", "postgresql://***@127.0.0.1/db and https://***@h"),
-    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
-    ("me@example.com", "me@example.com"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("http://u:p@host:5000/x", "http://***@host:5000/x"),
+        (
+            "postgresql://user:pw@127.0.0.1/db and https://t@h",
+            "postgresql://***@127.0.0.1/db and https://***@h",
+        ),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("me@example.com", "me@example.com"),
+    ],
+)
 def test_redact_removes_userinfo_only(text, expected):
     assert redact(text) == expected

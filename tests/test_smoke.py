@@ -1,4 +1,4 @@
-"""The test server is a real MLflow server: runs, artifacts over HTTP, registry, aliases, loading."""
+"""The test server is a real MLflow server: runs, proxied artifacts, registry, aliases, loading."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ def test_real_server_round_trip(tracking_uri, client, model_name, tmp_path):
         mlflow.log_params({"fit_intercept": True, "rows": 10})
         mlflow.log_metrics({"rmse": 0.0, "r2": 1.0})
         mlflow.log_artifact(str(note))
-        info = mlflow.sklearn.log_model(model, name="model", input_example=X[:2],
-                                        registered_model_name=model_name)
+        info = mlflow.sklearn.log_model(
+            model, name="model", input_example=X[:2], registered_model_name=model_name
+        )
 
     # The server, not the client, stored the artifacts: the run's root is a proxied URI.
     stored = client.get_run(run.info.run_id)

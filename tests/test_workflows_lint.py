@@ -1,0 +1,326 @@
+"""The GitHub Actions workflows are product code: schema-valid, zizmor-clean, least privilege.
+
+Two linters run as tests (check-jsonschema with GitHub's workflow schema, zizmor offline), each
+also shown a broken workflow so a linter that silently checks nothing would fail here. The rest
+are the rules of docs/github-actions.md the linters do not enforce: read-only top-level
+permissions, actions pinned to a commit with the version beside it, secrets and inputs reaching
+scripts only through `env:`, and the alias moved only from the `production` environment, one run
+per model at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = REPO / ".github" / "workflows"
+WORKFLOW_FILES = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
+EXPECTED = {"ci.yml", "policy-check.yml", "promote.yml"}
+SECRETS = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+           "MLFLOW_TRACKING_TOKEN"}
+PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
+USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)\s*(?:#\s*(?P<comment>.*))?$", re.M)
+
+# A workflow that breaks the rules the linters are meant to catch.
+BAD_WORKFLOW = """\
+name: bad
+on: pull_request_target
+jobs:
+  build:
+    runs-on: ubuntu-latest
+    steps:
+      - uses: actions/checkout@v4
+        with:
+          ref: ${{ github.event.pull_request.head.sha }}
+      - run: echo "${{ github.event.pull_request.title }}"
+"""
+
+
+def tool(name: str) -> str:
+    """The linter installed next to this interpreter (the test extra), else one on PATH."""
+    beside = Path(sys.executable).with_name(name)
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: it is in the test extra (pip install -e '.[test]')")
+    return found
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    # YAML 1.1 reads the key `on` as the boolean True; GitHub reads it as "on".
+    if True in data:
+        data["on"] = data.pop(True)
+    return data
+
+
+def steps(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [(job_id, step) for job_id, job in workflow["jobs"].items()
+            for step in job.get("steps", [])]
+
+
+@pytest.fixture(scope="module")
+def workflows() -> dict[str, dict[str, Any]]:
+    return {path.name: load(path) for path in WORKFLOW_FILES}
+
+
+def test_the_three_workflows_exist():
+    assert {path.name for path in WORKFLOW_FILES} >= EXPECTED
+
+
+# --------------------------------------------------------------------------------------------
+# Linters
+
+
+def test_schema_valid():
+    proc = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+                           *map(str, WORKFLOW_FILES)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_schema_check_rejects_an_invalid_workflow(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text("on: push\njobs:\n  build:\n    steps:\n      - run: true\n    colour: blue\n")
+    proc = subprocess.run([tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
+                           str(bad)], capture_output=True, text=True)
+    assert proc.returncode != 0
+
+
+def zizmor(*args: str) -> list[dict[str, Any]]:
+    proc = subprocess.run([tool("zizmor"), "--offline", "--no-progress", "--format", "json", *args],
+                          capture_output=True, text=True)
+    # Exit codes: 0 clean, 10-14 findings by severity; anything else is a failure to run.
+    assert proc.returncode in {0, 10, 11, 12, 13, 14}, proc.stderr
+    findings: list[dict[str, Any]] = json.loads(proc.stdout or "[]")
+    return findings
+
+
+def describe(findings: list[dict[str, Any]]) -> str:
+    """One line per location: `file:line: ident: annotation`."""
+    lines = []
+    for finding in findings:
+        for loc in finding.get("locations", []):
+            path = loc["symbolic"]["key"].get("Local", {}).get("verbatim_path", "?")
+            row = loc["concrete"]["location"]["start_point"]["row"] + 1
+            lines.append(f"{path}:{row}: {finding['ident']}: {loc['symbolic'].get('annotation')}")
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("persona", ["regular", "pedantic"])
+def test_zizmor_reports_nothing(persona):
+    findings = zizmor("--persona", persona, *map(str, WORKFLOW_FILES))
+    assert findings == [], describe(findings)
+
+
+def test_zizmor_flags_a_dangerous_workflow(tmp_path):
+    bad = tmp_path / "bad.yml"
+    bad.write_text(BAD_WORKFLOW)
+    idents = {f["ident"] for f in zizmor(str(bad))}
+    assert {"unpinned-uses", "template-injection", "dangerous-triggers"} <= idents, idents
+
+
+# --------------------------------------------------------------------------------------------
+# The rules the linters do not check
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_top_level_permissions_are_read_only(path):
+    workflow = load(path)
+    assert workflow.get("permissions") == {"contents": "read"}
+    for job_id, job in workflow["jobs"].items():
+        granted = job.get("permissions", {})
+        assert all(v in {"read", "none"} for v in granted.values()), (job_id, granted)
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_every_action_is_pinned_to_a_commit_with_its_version(path):
+    uses = USES_LINE.findall(path.read_text(encoding="utf-8"))
+    assert uses, "no actions used?"
+    for ref, comment in uses:
+        assert PINNED.match(ref), f"{ref}: pin the full 40-character commit SHA"
+        assert re.fullmatch(r"v\d+(\.\d+)*", comment.strip()), f"{ref}: add '# vX.Y.Z'"
+
+
+def test_each_action_has_one_pin_across_workflows():
+    pins: dict[str, set[str]] = {}
+    for path in WORKFLOW_FILES:
+        for ref, _ in USES_LINE.findall(path.read_text(encoding="utf-8")):
+            action, sha = ref.split("@")
+            pins.setdefault(action, set()).add(sha)
+    assert {a: s for a, s in pins.items() if len(s) > 1} == {}
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_checkout_never_persists_credentials(path):
+    for job_id, step in steps(load(path)):
+        if str(step.get("uses", "")).startswith("actions/checkout@"):
+            assert step.get("with", {}).get("persist-credentials") is False, job_id
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_scripts_hold_no_expressions(path):
+    """Inputs and secrets reach `run:` scripts through env only: no template injection."""
+    for job_id, step in steps(load(path)):
+        assert "${{" not in step.get("run", ""), (job_id, step.get("name"))
+
+
+@pytest.mark.parametrize("path", WORKFLOW_FILES, ids=lambda p: p.name)
+def test_secrets_only_in_step_env(path):
+    workflow = load(path)
+    outside = dict(workflow)
+    outside["jobs"] = {job_id: {k: v for k, v in job.items() if k != "steps"}
+                       for job_id, job in workflow["jobs"].items()}
+    assert "secrets." not in json.dumps(outside), "secrets at workflow or job level"
+    for job_id, step in steps(workflow):
+        rest = {k: v for k, v in step.items() if k != "env"}
+        assert "secrets." not in json.dumps(rest), (job_id, step.get("name"))
+        for name, value in step.get("env", {}).items():
+            if "secrets." in str(value):
+                # The secret lands in the variable MLflow reads, under the same name, nothing else.
+                assert name in SECRETS, (job_id, name)
+                assert str(value) == f"${{{{ secrets.{name} }}}}", (job_id, name)
+
+
+def test_promote_triggers(workflows):
+    on = workflows["promote.yml"]["on"]
+    assert on["push"]["branches"] == ["main"]
+    assert set(on["push"]["paths"]) == {"train/**", "policies/**", "promotion/**"}
+    inputs = on["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"policy", "candidate", "action"}
+    assert inputs["action"]["type"] == "choice"
+    assert inputs["action"]["options"] == ["gate", "dry-run", "rollback"]
+
+
+def test_promote_job_order(workflows):
+    jobs = workflows["promote.yml"]["jobs"]
+    assert "test" in _list(jobs["train"]["needs"])
+    assert {"train", "plan"} <= set(_list(jobs["gate"]["needs"]))
+    assert any("make test" in s.get("run", "") for s in jobs["test"]["steps"])
+
+
+@pytest.mark.parametrize("job_id", ["gate", "rollback"])
+def test_only_the_production_environment_moves_the_alias(workflows, job_id):
+    job = workflows["promote.yml"]["jobs"][job_id]
+    assert job["environment"] == "production"
+    assert job["concurrency"]["group"] == "promote-${{ matrix.model }}"
+    assert job["concurrency"]["cancel-in-progress"] is False
+
+
+def test_jobs_outside_production_cannot_move_the_alias(workflows):
+    for name, workflow in workflows.items():
+        for job_id, job in workflow["jobs"].items():
+            if job.get("environment") == "production":
+                continue
+            for step in job.get("steps", []):
+                script = step.get("run", "")
+                assert "promote rollback" not in script, (name, job_id)
+                if "promote gate" in script:
+                    assert "--dry-run" in script, (name, job_id)
+
+
+def test_gate_outputs(workflows):
+    jobs = workflows["promote.yml"]["jobs"]
+    for job_id in ("gate", "dry-run"):
+        assert set(jobs[job_id]["outputs"]) == {"decision", "candidate_version",
+                                                 "production_version"}
+
+
+def test_policy_check_runs_on_pull_requests_only(workflows):
+    on = workflows["policy-check.yml"]["on"]
+    assert set(on) == {"pull_request"}  # never pull_request_target: no secrets for fork code
+    assert on["pull_request"]["paths"] == ["policies/**"]
+    scripts = " ".join(s.get("run", "") for _, s in steps(workflows["policy-check.yml"]))
+    assert "promote policy validate --format github" in scripts
+    assert "promote policy preview" in scripts
+    assert 'git show "origin/$BASE_REF:' in scripts
+
+
+def test_ci_runs_make_test(workflows):
+    on = workflows["ci.yml"]["on"]
+    assert set(on) == {"push", "pull_request"}
+    scripts = [s.get("run", "") for _, s in steps(workflows["ci.yml"])]
+    assert "make test" in scripts
+
+
+def _list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+# --------------------------------------------------------------------------------------------
+# Which jobs run for which event (the `if:` and `needs:` routing), and the local runner's reading
+# of GitHub's expression language that the smoke tests rely on
+
+
+def routes(path: Path, event, tmp_path) -> set[str]:
+    """The jobs that would run, every job that runs assumed to succeed (no step is executed)."""
+    from workflow_runner import Runner
+
+    jobs = load(path)["jobs"]
+    runner = Runner(tmp_path, tmp_path / "runner", assume_success={j: "routing" for j in jobs})
+    result = runner.run(path, event)
+    return {job_id for job_id, job in result.jobs.items() if job.result != "skipped"}
+
+
+@pytest.mark.parametrize(("event", "jobs"), [
+    ("push", {"test", "plan", "train", "gate"}),
+    ("gate", {"plan", "gate"}),
+    ("dry-run", {"plan", "dry-run"}),
+    ("rollback", {"plan", "rollback"}),
+])
+def test_promote_routes_each_event_to_its_jobs(tmp_path, event, jobs):
+    from workflow_runner import Event
+
+    trigger = Event.push() if event == "push" else Event.dispatch(action=event)
+    assert routes(WORKFLOWS / "promote.yml", trigger, tmp_path) == jobs
+
+
+def test_policy_check_routes_a_pull_request(tmp_path):
+    from workflow_runner import Event
+
+    event = Event.pull_request(1, "main", "edit", "0" * 40)
+    assert routes(WORKFLOWS / "policy-check.yml", event, tmp_path) == {"validate", "preview"}
+
+
+@pytest.mark.parametrize(("expression", "value"), [
+    ("false && true || 'x'", "x"),  # && binds tighter than ||, and || returns an operand
+    ("inputs.action || 'gate'", "gate"),
+    ("inputs.candidate || 'latest'", "7"),
+    ("'Push' == github.event_name", True),  # string comparison ignores case
+    ("!(github.event_name == 'push') || inputs.candidate == 7", True),  # loose equality
+    ("format('promote-{0}', matrix.model)", "promote-m"),
+    ("fromJSON('{\"include\": [{\"a\": 1}]}').include[0].a", 1.0),
+    ("needs.plan.outputs.matrix", None),
+])
+def test_runner_expressions(expression, value):
+    from workflow_runner import evaluate
+
+    context = {"github": {"event_name": "push"}, "inputs": {"action": "", "candidate": "7"},
+               "matrix": {"model": "m"}, "needs": {}}
+    assert evaluate(expression, context) == value
+
+
+def test_runner_conditions_imply_success_unless_they_ask():
+    from workflow_runner import condition
+
+    context = {"github": {"event_name": "push"}}
+    assert condition("github.event_name == 'push'", context, "success")
+    assert not condition("github.event_name == 'push'", context, "skipped")
+    assert not condition(None, context, "failure")
+    assert condition("${{ !cancelled() }}", context, "failure")
+    assert not condition("${{ !cancelled() }}", context, "cancelled")
+
+
+def test_runner_reads_output_files_like_github(tmp_path):
+    from workflow_runner import read_env_file
+
+    path = tmp_path / "out"
+    path.write_text("a=1\nb<<EOF_x\nline 1\nline=2\nEOF_x\nc=\n")
+    assert read_env_file(path) == {"a": "1", "b": "line 1\nline=2", "c": ""}

@@ -28,7 +28,12 @@ RETRY_DEFAULTS = {
 
 # A gate runs in CI with credentials in its environment: it sends nothing anywhere but the
 # tracking server unless the user opts in (MLFLOW_DISABLE_TELEMETRY=false).
-PRIVACY_DEFAULTS = {"MLFLOW_DISABLE_TELEMETRY": "true"}
+# MLflow also prints "View run at <tracking URI>" to stdout when a run ends: that would corrupt
+# `--json` output and is one more place a URI could leak.
+PRIVACY_DEFAULTS = {
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 def apply_retry_defaults() -> None:

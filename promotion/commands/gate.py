@@ -1,0 +1,52 @@
+"""`promote gate POLICY`: decide on a candidate and move the alias only when every rule passes."""
+
+from __future__ import annotations
+
+import click
+
+from promotion.cli import Context
+
+
+def current_tracking_uri() -> str | None:
+    ctx = click.get_current_context().find_object(Context)
+    return ctx.tracking_uri if ctx is not None else None
+
+
+@click.command("gate")
+@click.argument("policy_path", metavar="POLICY", type=click.Path(path_type=str))
+@click.option("--candidate", metavar="VERSION|latest|@ALIAS",
+              help="The version to gate; overrides the policy's `candidate`.")
+@click.option("--dry-run", is_flag=True, help="Decide and report; write nothing at all.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the decision as JSON (schema_version 1, see docs/gate.md).")
+def command(policy_path: str, candidate: str | None, dry_run: bool, as_json: bool) -> object:
+    """Gate a candidate version against the alias a policy guards.
+
+    \b
+    Exit codes: 0 promoted / would be promoted / already holds the alias,
+    1 rejected or inconclusive, 2 invalid input, 3 registry error or the alias
+    moved while deciding.
+    """
+    from promotion.gate import GateConflict, run_gate
+    from promotion.policies import load_policy
+    from promotion.policy import Candidate
+    from promotion.report import table, to_json_text, write_github
+
+    selector = None
+    if candidate is not None:
+        try:
+            selector = Candidate.parse(candidate)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--candidate") from exc
+    policy = load_policy(policy_path)
+    try:
+        result = run_gate(policy, tracking_uri=current_tracking_uri(), candidate=selector,
+                          dry_run=dry_run)
+    except GateConflict as conflict:
+        result = conflict.result
+        click.echo(to_json_text(result) if as_json else table(result), nl=not as_json)
+        write_github(result)
+        raise
+    click.echo(to_json_text(result) if as_json else table(result), nl=not as_json)
+    write_github(result)
+    return result

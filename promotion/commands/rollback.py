@@ -1,0 +1,26 @@
+"""`promote rollback MODEL`: move the alias back to `<alias>-previous`, and record it."""
+
+from __future__ import annotations
+
+import click
+
+from promotion.commands.gate import current_tracking_uri
+from promotion.policy import DEFAULT_ALIAS
+
+
+@click.command("rollback")
+@click.argument("model")
+@click.option("--alias", default=DEFAULT_ALIAS, show_default=True, help="The alias to roll back.")
+@click.option("--dry-run", is_flag=True, help="Show what would move; write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def command(model: str, alias: str, dry_run: bool, as_json: bool) -> object:
+    """Move the alias back to <alias>-previous (and <alias>-previous to what it displaced).
+
+    Rolling back a rollback flips them again. Exit 2 when there is nothing to roll back to.
+    """
+    from promotion.gate import run_rollback
+    from promotion.report import rollback_text, to_json_text
+
+    result = run_rollback(model, alias, tracking_uri=current_tracking_uri(), dry_run=dry_run)
+    click.echo(to_json_text(result) if as_json else rollback_text(result), nl=not as_json)
+    return result

@@ -1,0 +1,20 @@
+"""`promote status MODEL`: every alias, its version, and each version's last decision."""
+
+from __future__ import annotations
+
+import click
+
+from promotion.commands.gate import current_tracking_uri
+
+
+@click.command("status")
+@click.argument("model")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def command(model: str, as_json: bool) -> object:
+    """Show every alias of a model and each version's last decision (and any pending one)."""
+    from promotion.gate import read_status
+    from promotion.report import dumps, status_json, status_table
+
+    status = read_status(model, tracking_uri=current_tracking_uri())
+    click.echo(dumps(status_json(status)) if as_json else status_table(status))
+    return status

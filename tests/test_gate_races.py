@@ -1,0 +1,45 @@
+"""Four `promote gate` processes racing on one model: the registry ends consistent.
+
+MLflow has no compare-and-set on aliases, so the gate re-reads the alias after its write-ahead
+marker and stops with a conflict (exit 3) if it moved. Whatever the interleaving: the alias ends on
+a version whose record says `promoted`, every candidate has a final record (none left `pending`),
+and every process exits 0, 1 or 3.
+"""
+
+from __future__ import annotations
+
+import pytest
+from helpers import add_version, aliases, promote, write_policy
+
+from promotion import record
+
+pytestmark = pytest.mark.mlflow
+
+
+def test_four_gates_racing_on_one_model(tracking_uri, client, model_name, tmp_path):
+    v1 = add_version(client, model_name, {"rmse": 1.0})
+    client.set_registered_model_alias(model_name, "Production", v1)
+    # Each candidate beats Production; some also beat each other, so a gate that loses the race
+    # may see a better Production and reject, or see the alias move and stop on a conflict.
+    candidates = [add_version(client, model_name, {"rmse": rmse})
+                  for rmse in (0.9, 0.8, 0.85, 0.7)]
+    policy = write_policy(tmp_path / "policy.yaml", model_name, {
+        "metrics": {"rmse": {"goal": "minimize", "max_regression": 0.0}}})
+
+    procs = [promote(["gate", str(policy), "--candidate", v]) for v in candidates]
+    results = [(p.wait(timeout=180), *p.communicate()) for p in procs]
+    codes = [code for code, _, _ in results]
+    assert set(codes) <= {0, 1, 3}, results
+    assert 0 in codes, results  # the first to re-read its alias unchanged cannot lose
+
+    final = aliases(client, model_name)["Production"]
+    assert final in candidates
+    assert client.get_model_version(model_name, final).tags[record.DECISION] == "promoted"
+    for version, (code, out, err) in zip(candidates, results, strict=True):
+        tags = client.get_model_version(model_name, version).tags
+        expected = {0: "promoted", 1: "rejected", 3: "conflict"}[code]
+        assert tags[record.DECISION] == expected, (version, out, err)
+        assert client.get_run(tags[record.RECORD_RUN]).data.tags[record.OUTCOME] == expected
+    # The version kept for rollback is one that held Production.
+    previous = aliases(client, model_name).get("Production-previous")
+    assert previous in [v1, *candidates]

@@ -57,6 +57,18 @@ def shown(value: Any) -> str:
     return str(value)
 
 
+def _difference(rule: RuleResult) -> str:
+    """candidate - Production with its bootstrap interval, for re-scored rules."""
+    if rule.interval is None or rule.difference is None:
+        return DASH
+    i = rule.interval
+    return f"{rule.difference:+.4g} [{i.low:+.4g}, {i.high:+.4g}] @{i.confidence:.0%}"
+
+
+def _has_intervals(rules: Sequence[RuleResult]) -> bool:
+    return any(r.interval is not None for r in rules)
+
+
 def _verdict(rule: RuleResult) -> str:
     if rule.inconclusive:
         return "inconclusive"
@@ -169,9 +181,14 @@ def table(result: GateResult) -> str:
         lines.append(f"note       {result.resolved}")
     lines.append("")
     if d.rules:
-        lines.extend(_grid(["CHECK", "CANDIDATE", "PRODUCTION", "BOUND", "RESULT", "REASON"],
-                           [[r.label, shown(r.candidate), shown(r.production), shown(r.bound),
-                             _verdict(r), r.reason] for r in d.rules]))
+        # The interval column appears only when some rule was re-scored on the evaluation set.
+        ci = _has_intervals(d.rules)
+        header = ["CHECK", "CANDIDATE", "PRODUCTION", *(["DIFF [CI]"] if ci else []), "BOUND",
+                  "RESULT", "REASON"]
+        lines.extend(_grid(header, [
+            [r.label, shown(r.candidate), shown(r.production),
+             *([_difference(r)] if ci else []), shown(r.bound), _verdict(r), r.reason]
+            for r in d.rules]))
         lines.append("")
     lines.append(_headline(result))
     if result.outcome not in ("promoted", "already"):
@@ -222,10 +239,13 @@ def markdown(result: GateResult | RollbackResult, chart: str | None = None) -> s
     if result.resolved:
         lines.append(f"- note: {_md(result.resolved)}")
     if d.rules:
-        lines += ["", "| check | candidate | Production | bound | result | reason |",
-                  "|---|---:|---:|---:|---|---|"]
+        ci = _has_intervals(d.rules)
+        lines += ["", "| check | candidate | Production | "
+                  + ("candidate − Production [CI] | " if ci else "") + "bound | result | reason |",
+                  "|---|---:|---:|" + ("---:|" if ci else "") + "---:|---|---|"]
         lines += [f"| {_md(r.label)} | {_md(r.candidate)} | {_md(r.production)} | "
-                  f"{_md(r.bound)} | {_verdict(r)} | {_md(r.reason)} |" for r in d.rules]
+                  + (f"{_md(_difference(r))} | " if ci else "")
+                  + f"{_md(r.bound)} | {_verdict(r)} | {_md(r.reason)} |" for r in d.rules]
     if result.outcome not in ("promoted", "already"):
         lines += ["", "**Why:**", *[f"- {_md(reason)}" for reason in d.reasons]]
     if chart:

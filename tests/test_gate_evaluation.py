@@ -107,7 +107,11 @@ def test_a_significantly_better_candidate_is_promoted_with_fingerprint_and_chart
     chart = Path(client.download_artifacts(record.info.run_id, "chart.png", str(tmp_path)))
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     markdown = Path(client.download_artifacts(record.info.run_id, "report.md", str(tmp_path)))
-    assert "chart.png" in markdown.read_text()
+    text = markdown.read_text()
+    assert "chart.png" in text
+    # The report shows the interval itself, not only the chart.
+    low, high = rmse["interval"]["low"], rmse["interval"]["high"]
+    assert f"[{low:+.4g}, {high:+.4g}] @95%" in text
 
 
 def test_a_candidate_within_the_noise_is_inconclusive_and_not_promoted(

@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "history": ("promotion.commands.history", "Show past promotion decisions, newest first."),
     "policy": (
         "promotion.commands.policy",
-        "Validate policies, preview the effect of a policy edit.",
+        "Validate and list policies; preview the effect of a policy edit.",
     ),
     "train": (
         "promotion.commands.train",

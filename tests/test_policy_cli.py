@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from promotion.cli import run
-from promotion.commands.policy import github_annotation, policy_files
+from promotion.commands.policy import PolicyEntry, github_annotation, list_policies, policy_files
 from promotion.policyfile import Issue
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,6 +174,199 @@ def test_validation_never_imports_mlflow() -> None:
         "assert run(['policy', 'validate', 'policies', 'tests/data/policies/valid']) == 0\n"
         "assert run(['policy', 'validate', 'tests/data/policies/invalid']) == 2\n"
         "assert run(['policy', 'schema']) == 0\n"
+        "leaked = sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.'))\n"
+        "assert not leaked, leaked\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --------------------------------------------------------------------------------------------
+# promote policy list
+
+
+LISTED = """\
+model: {model}
+alias: {alias}
+metrics:
+  rmse: {{goal: minimize, max: 70}}
+"""
+
+
+def policy_tree(root: Path, files: dict[str, tuple[str, str]]) -> None:
+    """Write policies/<name> for each name -> (model, alias)."""
+    for name, (model, alias) in files.items():
+        path = root / "policies" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(LISTED.format(model=model, alias=alias))
+
+
+@pytest.fixture
+def listed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A repository with four policies: two for one (model, alias), one in a subdirectory."""
+    policy_tree(tmp_path, {"a.yaml": ("churn", "Production"), "b.yaml": ("churn", "Production"),
+                           "c.yml": ("churn", "Staging"), "team/d.yaml": ("fraud", "Production")})
+    (tmp_path / "policies" / "schema.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def matrix(out: str) -> list[tuple[str, str, str]]:
+    assert out.endswith("\n") and out.count("\n") == 1  # one line, for $GITHUB_OUTPUT
+    document = json.loads(out)
+    assert list(document) == ["include"]
+    return [(e["policy"], e["model"], e["alias"]) for e in document["include"]]
+
+
+def test_list_prints_every_policy_in_file_order(
+    listed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["policy", "list"]) == 0
+    assert capsys.readouterr() == ("policies/a.yaml: churn@Production\n"
+                                   "policies/b.yaml: churn@Production\n"
+                                   "policies/c.yml: churn@Staging\n"
+                                   "policies/team/d.yaml: fraud@Production\n", "")
+
+
+def test_list_as_a_github_matrix(listed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["policy", "list", "--format", "github-matrix"]) == 0
+    out, err = capsys.readouterr()
+    assert matrix(out) == [("policies/a.yaml", "churn", "Production"),
+                           ("policies/b.yaml", "churn", "Production"),
+                           ("policies/c.yml", "churn", "Staging"),
+                           ("policies/team/d.yaml", "fraud", "Production")]
+    assert err == ""
+
+
+def test_list_as_json(listed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["policy", "list", "--format", "json", "--select", "fraud"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"policies": [
+        {"policy": "policies/team/d.yaml", "model": "fraud", "alias": "Production"}]}
+
+
+@pytest.mark.parametrize(("select", "expected"), [
+    ("churn", ["policies/a.yaml", "policies/b.yaml", "policies/c.yml"]),  # every policy of it
+    ("policies/c.yml", ["policies/c.yml"]),
+    ("./policies/team/../c.yml", ["policies/c.yml"]),  # the same file, spelled differently
+    ("", ["policies/a.yaml", "policies/b.yaml", "policies/c.yml", "policies/team/d.yaml"]),
+])
+def test_list_select_names_a_file_or_a_model(
+    listed: Path, capsys: pytest.CaptureFixture[str], select: str, expected: list[str]
+) -> None:
+    assert run(["policy", "list", "--select", select, "--format", "github-matrix"]) == 0
+    assert [policy for policy, _, _ in matrix(capsys.readouterr().out)] == expected
+
+
+def test_list_select_by_absolute_path(listed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    absolute = str(listed / "policies" / "a.yaml")
+    assert run(["policy", "list", "--select", absolute]) == 0
+    assert capsys.readouterr().out == "policies/a.yaml: churn@Production\n"
+
+
+def test_list_per_alias_keeps_the_first_policy_of_each_model_and_alias(
+    listed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["policy", "list", "--per-alias", "--format", "github-matrix"]) == 0
+    assert matrix(capsys.readouterr().out) == [("policies/a.yaml", "churn", "Production"),
+                                               ("policies/c.yml", "churn", "Staging"),
+                                               ("policies/team/d.yaml", "fraud", "Production")]
+    assert run(["policy", "list", "--per-alias", "--select", "policies/b.yaml"]) == 0
+    assert capsys.readouterr().out == "policies/b.yaml: churn@Production\n"
+
+
+@pytest.mark.parametrize("select", ["nobody", "policies/missing.yaml", "policies",
+                                    "Churn"])  # model names are exact
+def test_list_a_selection_matching_nothing_is_exit_2(
+    listed: Path, capsys: pytest.CaptureFixture[str], select: str
+) -> None:
+    assert run(["policy", "list", "--select", select]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"no policy under policies/ matches {select!r}: ")
+
+
+def test_list_only_counts_files_under_the_given_paths(
+    listed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A valid policy elsewhere in the checkout (not reviewed as policies/ is) cannot be picked.
+    policy_tree(listed / "elsewhere", {"x.yaml": ("churn", "Production")})
+    outside = "elsewhere/policies/x.yaml"
+    assert run(["policy", "list", "--select", outside, "--format", "github-matrix"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines()[0] == (f"::error::no policy under policies/ matches {outside!r}: "
+                                   "name a policy file there or a model (4 policy file(s) found)")
+    # Given as a path, the other directory is what counts instead.
+    assert run(["policy", "list", "elsewhere/policies", "--select", outside]) == 0
+    assert capsys.readouterr().out == f"{outside}: churn@Production\n"
+    assert run(["policy", "list", "elsewhere/policies", "--select", "policies/a.yaml"]) == 2
+    assert "no policy under elsewhere/policies/ matches 'policies/a.yaml'" in \
+        capsys.readouterr().err
+
+
+def test_list_refuses_an_invalid_policy_with_annotations(
+    listed: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copy(BAD, listed / "policies" / "bad.yaml")
+    assert run(["policy", "list", "--format", "github-matrix", "--select", "fraud"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""  # no matrix, not even a partial one
+    assert err.splitlines() == [
+        "::error file=policies/bad.yaml,line=6,col=10::metrics.rmse.max: expected a finite "
+        "number, got 'seventy'",
+        *[line.replace(str(BAD), "policies/bad.yaml") for line in expected_lines(BAD)]]
+
+
+def test_list_without_policies_is_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run(["policy", "list", "--format", "github-matrix"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("::error::no policies/ directory here")
+
+
+def test_list_refuses_a_matrix_github_would_refuse(
+    listed: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import promotion.commands.policy as policy_command
+
+    monkeypatch.setattr(policy_command, "MATRIX_LIMIT", 3)
+    assert run(["policy", "list", "--format", "github-matrix"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "4 policies selected: a GitHub Actions matrix runs at most 3 jobs" in err
+    assert run(["policy", "list", "--format", "github-matrix", "--select", "churn"]) == 0
+    assert len(matrix(capsys.readouterr().out)) == 3
+    assert run(["policy", "list"]) == 0  # the limit is GitHub's: other formats have none
+
+
+def test_list_entries_as_a_function(listed: Path) -> None:
+    listing = list_policies(["policies/team", "policies/a.yaml"], per_alias=True)
+    assert listing.entries == (PolicyEntry("policies/team/d.yaml", "fraud", "Production"),
+                               PolicyEntry("policies/a.yaml", "churn", "Production"))
+    assert listing.return_code == 0
+
+
+def test_list_a_model_name_that_needs_escaping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = "it's \"quoted\" \\ and ünïcode"
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "q.yaml").write_text(LISTED.format(model=json.dumps(name),
+                                                                alias="Production"))
+    monkeypatch.chdir(tmp_path)
+    assert run(["policy", "list", "--select", name, "--format", "github-matrix"]) == 0
+    assert matrix(capsys.readouterr().out) == [("policies/q.yaml", name, "Production")]
+
+
+def test_list_never_imports_mlflow() -> None:
+    code = (
+        "import sys\n"
+        "from promotion.cli import run\n"
+        "assert run(['policy', 'list', '--format', 'github-matrix']) == 0\n"
+        "assert run(['policy', 'list', '--select', 'nothing-like-this']) == 2\n"
         "leaked = sorted(m for m in sys.modules if m == 'mlflow' or m.startswith('mlflow.'))\n"
         "assert not leaked, leaked\n"
     )

@@ -3,18 +3,27 @@ real MLflow test server, with the files and variables a GitHub runner provides
 (tests/workflow_runner.py).
 
 One story per module, told through promote.yml as GitHub would trigger it. Version 1 is already in
-Production (registered by the test with worse metrics than the trainer reaches), then:
-  push            trains version 2 and promotes it: Production 2, Production-previous 1;
+Production (registered by the test with worse metrics than the trainers reach), then:
+  push            trains versions 2, 3, 4 and gates each, oldest first: 2 is promoted over 1, 3
+                  (a worse ridge) is rejected against 2, 4 (a better lasso) is promoted over 2:
+                  Production 4, Production-previous 2. A second policy, for a model nothing
+                  trained, gates nothing and says so;
   dry-run         gates version 1 by hand: decided (rejected) and reported, nothing moves;
-  rollback        puts Production back on version 1;
+  rollback        puts Production back on version 2;
   bad candidate   a dispatch with a nonsense candidate fails with exit 2, nothing moves;
   bad policy      a rollback of every policy at once, or a "policy" outside policies/, is refused;
-  no secret       a push without MLFLOW_TRACKING_URI fails before training: nothing registered.
+  no secret       a push without MLFLOW_TRACKING_URI fails before training: nothing registered;
+  nothing better  a push whose versions (1 and 3, handed over as the train job's output) are all
+                  rejected: every one decided, the job red, Production unchanged;
+  stop            a push whose first version cannot be gated (exit 2): the job stops there, the
+                  version after it (which would pass) is not gated, nothing moves.
 Then policy-check.yml on three pull requests: an edit whose preview changes decisions, an invalid
 policy annotated on its line, and an edit from a fork (no secrets: validated, preview skipped).
 
 The `test` job of promote.yml runs `make test`, i.e. this very suite: the runner treats it as
-passed without running it (it would recurse). Every credential is a fake value unique to this run;
+passed without running it (it would recurse). The last two stories take the train job as passed
+too, with the output it would have set, so that the gate loop meets versions no training run
+produces. Every credential is a fake value unique to this run;
 none may appear in any log, output, summary, artifact or registry tag. Not exercised here:
 GitHub's own machinery (environment reviewers, concurrency queues, secret masking, permissions,
 the hosted runners, the real actions' code) — docs/github-actions.md lists it.
@@ -39,8 +48,11 @@ REPO = Path(__file__).resolve().parent.parent
 PROMOTE = REPO / ".github" / "workflows" / "promote.yml"
 POLICY_CHECK = REPO / ".github" / "workflows" / "policy-check.yml"
 RECURSES = "runs `make test`, i.e. this suite: it would recurse"
+HANDED_OVER = "its output is given: the gate loop is what this story is about"
 
-# The linear trainer scores rmse ~53.4 and r2 ~0.48 on its holdout: better than the seeded version.
+# Holdout rmse of each trainer (r2 >= 0.43 for all): linear ~53.37, ridge(alpha=1) ~55.73 (worse
+# than linear by more than the 1% the policy allows), lasso(alpha=0.05) ~52.75 (better). The
+# seeded version 1 is worse than all of them.
 SEEDED = {"rmse": 60.0, "r2": 0.40, "mae": 50.0}
 POLICY = """\
 model: {model}
@@ -53,11 +65,14 @@ require_tags:
 
 CANDIDATE = """\
 model: {model}
-estimator: linear
-params: {{}}
+estimator: {estimator}
+params: {params}
 data: sklearn:load_diabetes
 split: {{test_size: 0.25, seed: 42}}
 """
+# Trained in this order (the workflow's glob is sorted), so registered as versions 2, 3, 4.
+CANDIDATES = {"a-linear.yaml": ("linear", "{}"), "b-ridge.yaml": ("ridge", "{alpha: 1.0}"),
+              "c-lasso.yaml": ("lasso", "{alpha: 0.05}")}
 
 
 def fake_secrets(server: str) -> dict[str, str]:
@@ -77,7 +92,10 @@ def secret_values(secrets: dict[str, str]) -> list[str]:
 
 
 def workspace(root: Path, model: str) -> Path:
-    """A scratch copy whose only policy and training config are this run's, for its own model."""
+    """A scratch copy whose only policies and training configs are this run's, for its models.
+
+    Besides the story's policy, `untrained.yaml` guards a model that no candidate trains.
+    """
     ws = scratch_copy(REPO, root)
     seed_venv(ws)
     for directory in (ws / "policies", ws / "train" / "candidates"):
@@ -85,8 +103,16 @@ def workspace(root: Path, model: str) -> Path:
             if old.name != "schema.json":
                 old.unlink()
     (ws / "policies" / "smoke.yaml").write_text(POLICY.format(model=model))
-    (ws / "train" / "candidates" / "linear.yaml").write_text(CANDIDATE.format(model=model))
+    (ws / "policies" / "untrained.yaml").write_text(POLICY.format(model=idle(model)))
+    for name, (estimator, params) in CANDIDATES.items():
+        (ws / "train" / "candidates" / name).write_text(
+            CANDIDATE.format(model=model, estimator=estimator, params=params))
     return ws
+
+
+def idle(model: str) -> str:
+    """The model of the second policy: nothing trains it."""
+    return f"{model}-idle"
 
 
 @dataclass
@@ -135,6 +161,12 @@ def story(mlflow_server, tmp_path_factory) -> Story:
     s = Story(model, mlflow_server, fake_secrets(mlflow_server), ws)
     runner = Runner(ws, root / "runner", secrets=s.secrets, assume_success={"test": RECURSES})
 
+    def handed_over(name: str, versions: list[int]) -> Runner:
+        """A runner whose train job "registered" `versions` of the story's model."""
+        return Runner(ws, root / f"runner-{name}", secrets=s.secrets,
+                      assume_success={"test": RECURSES, "train": HANDED_OVER},
+                      assume_outputs={"train": {"versions": json.dumps({model: versions})}})
+
     s.seed_production()
     steps = [
         ("push", runner, Event.push("1" * 40)),
@@ -144,9 +176,12 @@ def story(mlflow_server, tmp_path_factory) -> Story:
         ("bad-candidate", runner, Event.dispatch(policy="policies/smoke.yaml",
                                                  candidate="nonsense", action="gate")),
         ("rollback-all", runner, Event.dispatch(action="rollback")),
-        ("outside-policies", runner, Event.dispatch(policy="train/candidates/linear.yaml")),
+        ("outside-policies", runner, Event.dispatch(policy="train/candidates/a-linear.yaml")),
         ("no-secret", Runner(ws, root / "runner-no-secret", secrets={},
                              assume_success={"test": RECURSES}), Event.push("2" * 40)),
+        ("nothing-better", handed_over("nothing-better", [1, 3]), Event.push("3" * 40)),
+        # Out of order on purpose (the train job sorts): version 4, after the failure, would pass.
+        ("stop", handed_over("stop", [99, 4]), Event.push("4" * 40)),
     ]
     s.registry["before"] = s.snapshot()
     for name, who, event in steps:
@@ -165,37 +200,88 @@ def test_the_test_job_is_not_run_here_and_says_why(story):
     assert job.result == "success" and not job.legs and "recurse" in job.reason
 
 
-def test_push_trains_then_promotes_when_the_policy_passes(story):
+def decision_tags(story: Story, after: str) -> dict[int, dict[str, str]]:
+    """Each version's promotion.* tags after a step (short keys: decision, compared_to...)."""
+    return {version: {k.removeprefix("promotion."): v for k, v in tags
+                      if k.startswith("promotion.") and not k.startswith("promotion.github.")}
+            for version, tags in story.registry[after]["versions"]}
+
+
+def gate_leg(run: RunResult, model: str):
+    (leg,) = [leg for leg in run.job("gate").legs if leg.matrix["model"] == model]
+    return leg
+
+
+def test_push_trains_every_candidate_and_hands_over_their_versions(story):
     run = story.runs["push"]
     assert aliases(story, "before") == {"Production": "1"}
     assert [run.job(j).result for j in ("plan", "train", "gate")] == ["success"] * 3, \
         run.describe()
     assert run.job("dry-run").result == run.job("rollback").result == "skipped"
-    assert "version 2" in run.job("train").legs[0].steps[-1].stdout
-    assert aliases(story, "push") == {"Production": "2", "Production-previous": "1"}
-    assert run.job("gate").outputs == {"decision": "promoted", "candidate_version": "2",
-                                       "production_version": "1"}
+    assert json.loads(run.job("train").outputs["versions"]) == {story.model: [2, 3, 4]}
+    trained = json.loads((run.artifacts / "trained" / "trained.json").read_text())["trained"]
+    assert [(t["config"], t["version"]) for t in trained] == [
+        (f"train/candidates/{name}", str(v)) for name, v in zip(CANDIDATES, (2, 3, 4),
+                                                                strict=True)]
+
+
+def test_push_gates_every_trained_version_oldest_first(story):
+    tags = decision_tags(story, "push")
+    # Each version was judged against the holder at its turn: 2 against the seeded 1, then 3 and
+    # 4 against 2, which only the oldest-first order explains.
+    assert {v: (tags[v]["decision"], tags[v]["compared_to"]) for v in (2, 3, 4)} == {
+        2: ("promoted", "1"), 3: ("rejected", "2"), 4: ("promoted", "2")}
+    assert {v: tags[v]["policy"] for v in (2, 3, 4)} == {v: "policies/smoke.yaml"
+                                                          for v in (2, 3, 4)}
+    assert "decision" not in tags[1]  # the seeded version was not gated again
+    assert aliases(story, "push") == {"Production": "4", "Production-previous": "2"}
+    assert story.registry["push"]["aliases"]["challenger"] == "4"  # training's, untouched
+
+
+def test_push_outputs_name_the_promoted_version_and_the_holder(story):
+    leg = gate_leg(story.runs["push"], story.model)
+    assert leg.result == "success"
+    # A rejection in the middle (version 3) does not fail the job: a version of this run passed.
+    assert [json.loads(p.read_text())["outcome"] for p in sorted(
+        (story.runs["push"].artifacts / "decision-0").glob("decision-*.json"))] == \
+        ["promoted", "rejected", "promoted"]
+    assert leg.outputs == {"decision": "promoted", "candidate_version": "4",
+                           "production_version": "4"}
+
+
+def test_a_policy_whose_model_got_no_version_gates_nothing_and_says_so(story):
+    leg = gate_leg(story.runs["push"], idle(story.model))
+    assert leg.result == "success"
+    step = leg.step("trained")
+    assert f"No new version of `{idle(story.model)}` in this run" in step.summary
+    assert "promote gate" not in step.stdout + step.stderr and step.outputs == {}
+    assert not story.client().search_registered_models(f"name = '{idle(story.model)}'")
 
 
 def test_the_gate_runs_in_production_queued_per_model(story):
-    leg = story.runs["push"].job("gate").legs[0]
+    leg = gate_leg(story.runs["push"], story.model)
     assert leg.matrix == {"policy": "policies/smoke.yaml", "model": story.model,
                           "alias": "Production"}
     assert leg.environment == "production"
     assert leg.concurrency == {"group": f"promote-{story.model}", "cancel-in-progress": False}
+    assert [leg.matrix["policy"] for leg in story.runs["push"].job("gate").legs] == \
+        ["policies/smoke.yaml", "policies/untrained.yaml"]
 
 
-def test_the_summary_holds_the_decision_table(story):
-    summary = story.runs["push"].job("gate").summary
-    assert f"Promote `{story.model}`" in summary
-    assert "| check | candidate | Production | bound | result | reason |" in summary
+def test_the_summary_holds_every_decision_table(story):
+    summary = gate_leg(story.runs["push"], story.model).summary
+    assert summary.count(f"Promote `{story.model}`") == 3
+    assert summary.count("| check | candidate | Production | bound | result | reason |") == 3
     assert "| rmse max_regression |" in summary
+    assert f"`{story.model}`@Production is now version 4, trained in this run." in summary
 
 
-def test_the_decision_is_kept_as_an_artifact(story):
-    run = story.runs["push"]
-    decision = json.loads((run.artifacts / "decision-0" / "decision.json").read_text())
-    assert (decision["outcome"], decision["candidate"]["version"]) == ("promoted", "2")
+def test_every_decision_is_kept_as_an_artifact(story):
+    kept = story.runs["push"].artifacts / "decision-0"
+    decisions = {p.name: json.loads(p.read_text()) for p in kept.glob("*.json")}
+    assert {name: (d["outcome"], d["candidate"]["version"]) for name, d in decisions.items()} == {
+        "decision-2.json": ("promoted", "2"), "decision-3.json": ("rejected", "3"),
+        "decision-4.json": ("promoted", "4")}
 
 
 def test_a_dry_run_dispatch_moves_nothing(story):
@@ -203,11 +289,11 @@ def test_a_dry_run_dispatch_moves_nothing(story):
     job = run.job("dry-run")
     assert run.job("gate").result == "skipped" and run.job("train").result == "skipped"
     assert job.legs[0].environment is None  # no approval needed to look
-    # Version 1 against Production 2 would be rejected (rmse 60 vs ~53.4): exit 1 fails the job,
+    # Version 1 against Production 4 would be rejected (rmse 60 vs ~52.7): exit 1 fails the job,
     # and the decision still reaches the outputs and the summary...
     assert job.result == "failure" and job.legs[0].step("gate").returncode == 1, run.describe()
     assert job.outputs["decision"] == "rejected"
-    assert (job.outputs["candidate_version"], job.outputs["production_version"]) == ("1", "2")
+    assert (job.outputs["candidate_version"], job.outputs["production_version"]) == ("1", "4")
     assert "| rmse max_regression |" in job.summary
     # ...but nothing at all was written: aliases and every tag as they were.
     assert story.registry["dry-run"] == story.registry["push"]
@@ -220,8 +306,15 @@ def test_a_rollback_dispatch_moves_it_back(story):
     assert leg.matrix["model"] == story.model  # the `policy` input named the model
     assert leg.environment == "production"
     assert leg.concurrency["group"] == f"promote-{story.model}"
-    assert aliases(story, "rollback") == {"Production": "1", "Production-previous": "2"}
+    assert aliases(story, "rollback") == {"Production": "2", "Production-previous": "4"}
     assert "Rollback of" in run.job("rollback").summary
+
+
+def test_a_dispatched_gate_skips_the_loop_over_trained_versions(story):
+    run = story.runs["bad-candidate"]
+    (leg,) = run.job("gate").legs  # the policy input picked one policy
+    assert leg.step("trained").outcome == "skipped"  # the push loop is not a dispatch's
+    assert leg.step("gate").outcome == "failure"
 
 
 def test_a_bad_dispatch_input_fails_and_leaves_the_registry_alone(story):
@@ -234,14 +327,15 @@ def test_a_bad_dispatch_input_fails_and_leaves_the_registry_alone(story):
 @pytest.mark.parametrize(("run", "message"), [
     ("rollback-all", "a rollback needs the policy input"),
     # Only files under policies/ are gated: they are the ones CODEOWNERS makes reviewers approve.
-    ("outside-policies", "no policy under policies/ matches 'train/candidates/linear.yaml'"),
+    ("outside-policies", "no policy under policies/ matches 'train/candidates/a-linear.yaml'"),
 ])
 def test_a_dispatch_naming_no_reviewed_policy_is_refused(story, run, message):
     result = story.runs[run]
     plan = result.job("plan")
     assert plan.result == "failure"
-    annotations = plan.legs[0].step("plan").annotations()
-    assert any(a.startswith(f"::error::{message}") for a in annotations), result.describe()
+    step = plan.legs[0].step("plan")
+    assert step.returncode == 2 and step.outputs == {}
+    assert any(a.startswith(f"::error::{message}") for a in step.annotations()), result.describe()
     assert {result.job(j).result for j in ("gate", "dry-run", "rollback")} == {"skipped"}
     assert story.registry[run] == story.registry["bad-candidate"]
 
@@ -250,12 +344,47 @@ def test_without_the_tracking_secret_nothing_is_trained(story):
     run = story.runs["no-secret"]
     train = run.job("train")
     assert train.result == "failure"
-    step = train.legs[0].steps[-1]
+    step = train.legs[0].step("train")
     assert step.returncode == 2
     assert "::error::secret MLFLOW_TRACKING_URI is not set" in step.stdout
     assert run.job("gate").result == "skipped"
     assert story.registry["no-secret"] == story.registry["bad-candidate"]
     assert not list(story.workspace.rglob("mlflow.db"))  # nor a local store instead
+
+
+def test_a_push_with_nothing_better_decides_each_version_and_is_red(story):
+    run = story.runs["nothing-better"]
+    leg = gate_leg(run, story.model)
+    step = leg.step("trained")
+    assert (leg.result, step.returncode) == ("failure", 1), run.describe()
+    # Both were decided and recorded, against the holder, and nothing moved.
+    before, after = decision_tags(story, "no-secret"), decision_tags(story, "nothing-better")
+    assert {v: (after[v]["decision"], after[v]["compared_to"]) for v in (1, 3)} == {
+        1: ("rejected", "2"), 3: ("rejected", "2")}
+    assert after[1]["decided_at"] != before[1].get("decided_at")
+    assert after[3]["decided_at"] > before[3]["decided_at"]
+    assert {v: after[v] for v in (2, 4)} == {v: before[v] for v in (2, 4)}
+    assert story.registry["nothing-better"]["aliases"] == story.registry["no-secret"]["aliases"]
+    assert f"::error::no version trained in this run passed policies/smoke.yaml: " \
+           f"{story.model}@Production did not change" in step.annotations()
+    # The outputs: the last decision, the last version gated, the version still holding it.
+    assert leg.outputs == {"decision": "rejected", "candidate_version": "3",
+                           "production_version": "2"}
+    assert leg.summary.count(f"Promote `{story.model}`") == 2
+    assert f"No version trained in this run passed `policies/smoke.yaml`: `{story.model}`" \
+           "@Production did not change." in leg.summary
+    assert gate_leg(run, idle(story.model)).result == "success"  # fail-fast is off
+
+
+def test_a_gate_that_cannot_decide_stops_the_loop(story):
+    run = story.runs["stop"]
+    leg = gate_leg(run, story.model)
+    step = leg.step("trained")
+    assert (leg.result, step.returncode) == ("failure", 2), run.describe()
+    assert "99" in step.stderr
+    # Version 4 would have been promoted over 2: it was not even gated.
+    assert story.registry["stop"] == story.registry["nothing-better"]
+    assert f"Promote `{story.model}`" not in leg.summary
 
 
 def test_no_secret_value_appears_anywhere(story, pr_runs):
@@ -326,11 +455,12 @@ def test_a_policy_edit_gets_its_preview_in_the_summary(pr_runs, story):
     summary = run.job("preview").summary
     assert "### Policy preview: `policies/smoke.yaml`" in summary
     assert "Base policy: `main:policies/smoke.yaml`" in summary
-    # Production is version 1 now; version 2 passed under the base and fails r2 >= 0.99.
-    assert "| 2 | promoted | **rejected** | **changed** |" in summary
-    assert "| 1 | already | already | same |" in summary
+    # Production is version 2 now; version 4 passes under the base and fails r2 >= 0.99.
+    assert "| 4 | promoted | **rejected** | **changed** |" in summary
+    assert "| 3 | rejected | rejected | same |" in summary
+    assert "| 2 | already | already | same |" in summary
     # Read-only: the preview wrote nothing.
-    assert story.snapshot() == story.registry["no-secret"]
+    assert story.snapshot() == story.registry["stop"]
 
 
 def test_an_invalid_policy_is_annotated_on_its_line_and_not_previewed(pr_runs):

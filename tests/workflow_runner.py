@@ -368,8 +368,9 @@ class StepResult:
     seconds: float = 0.0
 
     def annotations(self) -> list[str]:
-        """The workflow commands (::error ...::) the step printed."""
-        return [line for line in self.stdout.splitlines() if line.startswith("::")]
+        """The workflow commands (::error ...::) the step printed: GitHub reads both streams."""
+        return [line for line in (self.stdout + "\n" + self.stderr).splitlines()
+                if line.startswith("::")]
 
 
 @dataclass
@@ -499,6 +500,8 @@ class Runner:
     vars: Mapping[str, str] = field(default_factory=dict)
     # Jobs not run here but treated as passed, with the reason (e.g. a job that runs this suite).
     assume_success: Mapping[str, str] = field(default_factory=dict)
+    # The outputs such a job is taken to have set (e.g. what a train job would have registered).
+    assume_outputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     repository: str = "example/promote"
     base_path: str = "/usr/local/bin:/usr/bin:/bin"
 
@@ -579,7 +582,8 @@ class Runner:
         if not condition(job.get("if"), context, status):
             return JobResult(job_id, "skipped", reason="(if: false)")
         if job_id in self.assume_success:
-            return JobResult(job_id, "success", reason=f"(assumed: {self.assume_success[job_id]})")
+            return JobResult(job_id, "success", outputs=dict(self.assume_outputs.get(job_id, {})),
+                             reason=f"(assumed: {self.assume_success[job_id]})")
 
         strategy = job.get("strategy", {})
         legs = _matrix_legs(substitute(strategy.get("matrix"), context))

@@ -1,4 +1,5 @@
-"""`promote policy ...`: validate policy files, print the policy JSON Schema.
+"""`promote policy ...`: validate policy files, list them (e.g. as a CI matrix), print the policy
+JSON Schema.
 
 More subcommands live in their own modules and are listed in `LAZY_SUBCOMMANDS` (module, help):
 they are imported only when invoked, and a module that is not installed is simply not offered.
@@ -12,10 +13,11 @@ import importlib.util
 import json
 import os
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import click
 
-from promotion.errors import ExitCode, InvalidInput
+from promotion.errors import ExitCode, InvalidInput, redact
 from promotion.policyfile import Issue, PolicyError
 
 DEFAULT_DIR = "policies"
@@ -164,3 +166,129 @@ def schema_text() -> str:
     from promotion.schema import json_schema
 
     return json.dumps(json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# list
+
+# GitHub Actions refuses a matrix of more than 256 jobs: say so before the workflow does.
+MATRIX_LIMIT = 256
+LIST_FORMATS = ("text", "json", "github-matrix")
+
+
+@dataclass(frozen=True)
+class PolicyEntry:
+    """What a workflow needs to act on one policy: its file, its model, the alias it guards."""
+
+    policy: str
+    model: str
+    alias: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"policy": self.policy, "model": self.model, "alias": self.alias}
+
+
+@dataclass(frozen=True)
+class PolicyListing:
+    entries: tuple[PolicyEntry, ...]
+
+    @property
+    def return_code(self) -> int:
+        return int(ExitCode.OK)
+
+    def text(self, output_format: str) -> str:
+        if output_format == "github-matrix":
+            # One line: it goes into $GITHUB_OUTPUT as `matrix=...`.
+            return json.dumps({"include": [e.as_dict() for e in self.entries]},
+                              ensure_ascii=False)
+        if output_format == "json":
+            return json.dumps({"policies": [e.as_dict() for e in self.entries]}, indent=2,
+                              ensure_ascii=False)
+        return "\n".join(f"{e.policy}: {e.model}@{e.alias}" for e in self.entries)
+
+
+@command.command("list", short_help="List policies (file, model, alias), e.g. as a CI matrix.")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.option("--select", metavar="POLICY_FILE|MODEL",
+              help="Only this policy file, or every policy of this model. Empty: every policy.")
+@click.option("--per-alias", is_flag=True,
+              help="One entry per (model, alias): the first policy file guarding it.")
+@click.option("--format", "output_format", type=click.Choice(LIST_FORMATS), default="text",
+              show_default=True,
+              help="github-matrix: one line {\"include\": [...]}, errors also as ::error "
+                   "annotations.")
+def list_command(paths: tuple[str, ...], select: str | None, per_alias: bool,
+                 output_format: str) -> PolicyListing:
+    """List the policies under PATHS (default: policies/): file, model and alias.
+
+    Only files under PATHS count, so a selection can only pick a policy that is there (in a
+    repository: one that code review has seen). Every file is validated; exit code 0 with at
+    least one entry, 2 for an invalid policy or a selection that matches nothing.
+    """
+    try:
+        listing = list_policies(paths, select=select, per_alias=per_alias)
+        if output_format == "github-matrix" and len(listing.entries) > MATRIX_LIMIT:
+            raise InvalidInput(f"{len(listing.entries)} policies selected: a GitHub Actions "
+                               f"matrix runs at most {MATRIX_LIMIT} jobs; select a model or a "
+                               "policy file")
+    except InvalidInput as exc:
+        if output_format == "github-matrix":  # stdout is the matrix: annotate on stderr
+            for line in _annotations(exc):
+                click.echo(line, err=True)
+        raise
+    click.echo(listing.text(output_format))
+    return listing
+
+
+def list_policies(paths: Sequence[str], *, select: str | None = None,
+                  per_alias: bool = False) -> PolicyListing:
+    """The policies under `paths` (default policies/), in file order, narrowed by `select`.
+
+    `select` names a policy file (compared as an absolute path, so `./policies/a.yaml` matches)
+    or a model (every policy of it); None or "" selects everything. Raises PolicyError if any
+    file is invalid, InvalidInput if the selection matches nothing.
+    """
+    from promotion.policies import load_policy
+
+    files = policy_files(paths)
+    entries: list[PolicyEntry] = []
+    issues: list[Issue] = []
+    for path in files:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            issues.extend(exc.issues)
+        else:
+            entries.append(PolicyEntry(path, policy.model, policy.alias))
+    if issues:
+        raise PolicyError(issues)
+    if select:
+        entries = [e for e in entries if _selects(select, e)]
+        if not entries:
+            raise InvalidInput(_no_match(select, paths, files))
+    if per_alias:
+        # A rollback once per alias: a second one of the same alias would flip it back.
+        first: dict[tuple[str, str], PolicyEntry] = {}
+        for entry in entries:
+            first.setdefault((entry.model, entry.alias), entry)
+        entries = list(first.values())
+    return PolicyListing(tuple(entries))
+
+
+def _selects(select: str, entry: PolicyEntry) -> bool:
+    # One value names a file or a model (a workflow input is one text box). Only listed files
+    # are compared, so neither reading can reach a file outside PATHS.
+    return select == entry.model or os.path.abspath(select) == os.path.abspath(entry.policy)
+
+
+def _no_match(select: str, paths: Sequence[str], files: Sequence[str]) -> str:
+    where = ", ".join(p if p.endswith("/") or not os.path.isdir(p) else f"{p}/"
+                      for p in (paths or (DEFAULT_DIR,)))
+    return (f"no policy under {where} matches {select!r}: name a policy file there or a model "
+            f"({len(files)} policy file(s) found)")
+
+
+def _annotations(exc: InvalidInput) -> list[str]:
+    if isinstance(exc, PolicyError):
+        return [github_annotation(issue) for issue in exc.issues]
+    return [f"::error::{_escape_data(redact(str(exc)))}"]

@@ -34,8 +34,15 @@ from importlib.metadata import version
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+# CI explores the same examples on every run (a red CI is then reproducible); developers' runs keep
+# exploring new ones.
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 MLFLOW_VERSION = version("mlflow")
 # Where accidental MLflow I/O goes in tests that did not ask for a server: a loopback port nothing
 # listens on, so it fails loudly (connection refused) instead of writing ./mlflow.db.

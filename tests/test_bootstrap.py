@@ -117,6 +117,10 @@ def test_weighted_regression_metrics_match_sklearn_sample_weights(pairs, seed):
     for metric in ("rmse", "mae", "r2"):
         values = bootstrap.statistic(metric, y, out)(weights)
         for row, value in zip(weights, values, strict=True):
+            if metric == "r2" and np.ptp(y[row > 0]) == 0:
+                # r2 of a constant target is undefined: the two sides pick different
+                # conventions (and scikit-learn's float noise can make it -1e31).
+                continue
             expected = _sklearn(metric, y, out, weights=row)
             assert value == pytest.approx(expected, rel=1e-6, abs=1e-6)
 

@@ -107,7 +107,7 @@ def candidate_paths(directory: str | Path) -> list[Path]:
     if not path.is_dir():
         raise InvalidInput(f"{directory}: no such directory of candidate configs (run from the "
                            "repository root, or pass --candidates DIR)")
-    found = sorted(p for p in path.iterdir() if p.suffix in CONFIG_SUFFIXES and p.is_file())
+    found = _yaml_files(path)
     if not found:
         raise InvalidInput(f"{directory}: no candidate configs (*.yaml) in it")
     return found
@@ -120,12 +120,15 @@ def policies_for(model: str, directory: str | Path) -> list[Policy]:
     path = Path(directory)
     if not path.is_dir():
         raise InvalidInput(f"{directory}: no such directory of policies (pass --policies DIR)")
-    files = sorted(p for p in path.iterdir() if p.suffix in CONFIG_SUFFIXES and p.is_file())
-    policies = [p for p in (load_policy(f) for f in files) if p.model == model]
+    policies = [p for p in (load_policy(f) for f in _yaml_files(path)) if p.model == model]
     if not policies:
         raise InvalidInput(f"{directory}: no policy gates model {model!r}: nothing could be "
                            "promoted")
     return policies
+
+
+def _yaml_files(directory: Path) -> list[Path]:
+    return sorted(p for p in directory.iterdir() if p.suffix in CONFIG_SUFFIXES and p.is_file())
 
 
 def _one_model(configs: Sequence[TrainConfig]) -> str:
@@ -190,9 +193,10 @@ def run_demo(*, tracking_uri: str | None = None, candidates: str | Path = DEFAUL
     uri = tracking_uri or DEFAULT_TRACKING_URI
     clock = _Clock()
     with clock.phase("validate configs and policies"):
-        from promotion.training import load_configs, mlflow_env_defaults
+        from promotion.clientlib import apply_retry_defaults
+        from promotion.training import load_configs
 
-        mlflow_env_defaults()
+        apply_retry_defaults()  # before anything imports mlflow: telemetry off, no run links
         configs = load_configs(candidate_paths(candidates))
         declared = _one_model(configs)
         _one_holdout(configs)

@@ -89,21 +89,15 @@ def policy_error(policy: Policy, key: tuple[str, ...], message: str) -> InvalidI
     The line comes from re-reading the policy file; if it cannot be read any more the message
     still names the file and the key.
     """
-    from promotion.policyfile import Issue, PolicyError, format_key
+    from promotion.policyfile import Issue, PolicyError, format_key, read_document
 
-    line, col = _position(policy.path, key)
-    return PolicyError([Issue(policy.path, line, col, format_key(key), redact(message))])
-
-
-def _position(path: str, key: tuple[str, ...]) -> tuple[int, int]:
-    from promotion.policyfile import read_document
-
+    text = redact(message)
     try:
-        with open(path, "rb") as f:
-            document = read_document(f.read(), path)
+        with open(policy.path, "rb") as f:
+            issue = read_document(f.read(), policy.path).issue(key, text, at_value=True)
     except (OSError, InvalidInput):
-        return 0, 0
-    return document.positions.value(key)
+        issue = Issue(policy.path, 0, 0, format_key(key), text)
+    return PolicyError([issue])
 
 
 # --------------------------------------------------------------------------------------------

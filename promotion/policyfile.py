@@ -1,8 +1,9 @@
 """Reading a policy file: bytes -> plain Python data plus the position of every key and value.
 
-This is the YAML half of the policy language (promotion.schema is the other half). It is built on
-PyYAML's safe *composition* (the node graph), never on a constructor that could build arbitrary
-objects, and it refuses what a plain `yaml.safe_load` would silently accept or choke on:
+This is the YAML half of the policy language (promotion.schema is the other half); training
+configs (promotion.training) are read by the same rules. It is built on PyYAML's safe
+*composition* (the node graph), never on a constructor that could build arbitrary objects, and
+it refuses what a plain `yaml.safe_load` would silently accept or choke on:
 
 - a file over `MAX_BYTES` (1 MiB), bytes that are not UTF-8;
 - more than one YAML document, an empty document;
@@ -140,11 +141,16 @@ class Positions:
 
 @dataclass
 class Document:
-    """A policy file read into plain data: dicts with str keys, lists, str/int/float/bool/None."""
+    """A file read into plain data: dicts with str keys, lists, str/int/float/bool/None."""
 
     name: str
     data: Any
     positions: Positions
+
+    def issue(self, path: Path, message: str, *, at_value: bool = False) -> Issue:
+        """An Issue about the key at `path`: placed at the key (or, `at_value`, at its value)."""
+        line, col = self.positions.value(path) if at_value else self.positions.key(path)
+        return Issue(self.name, line, col, format_key(path), message)
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,16 +201,23 @@ PolicyLoader.add_implicit_resolver(
 )
 
 
-def read_document(data: bytes, name: str) -> Document:
-    """Parse a policy file's bytes. Raises PolicyError listing every problem found."""
+_POLICY_SHAPE = "a policy is a mapping with at least 'model' and 'metrics'"
+
+
+def read_document(data: bytes, name: str, *, noun: str = "policy file",
+                  shape: str = _POLICY_SHAPE) -> Document:
+    """Parse a file's bytes. Raises PolicyError listing every problem found.
+
+    Other YAML inputs (training configs) are read by the same rules; `noun` names such a file and
+    `shape` says what it holds, in the messages about a second document and an empty file.
+    """
     if len(data) > MAX_BYTES:
         raise PolicyError([Issue(name, 0, 0, "", f"file is larger than 1 MiB ({len(data)} bytes)")])
     text = _decode(data, name)
     try:
-        node = _compose_single(text)
+        node = _compose_single(text, noun)
         if node is None:
-            raise _LoaderIssue(None, "the file is empty; a policy is a mapping with at least "
-                                     "'model' and 'metrics'")
+            raise _LoaderIssue(None, f"the file is empty; {shape}")
         _check_expansion(node)
     except _LoaderIssue as exc:
         raise PolicyError([Issue(name, *exc.position, "", exc.message)]) from None
@@ -235,7 +248,7 @@ def _decode(data: bytes, name: str) -> str:
     return text.removeprefix("\ufeff")  # a UTF-8 byte order mark is harmless
 
 
-def _compose_single(text: str) -> Node | None:
+def _compose_single(text: str, noun: str) -> Node | None:
     """The one document's node graph (None for an empty stream)."""
     loader = PolicyLoader(text)
     try:
@@ -245,8 +258,8 @@ def _compose_single(text: str) -> Node | None:
         node: Node | None = loader.compose_document()
         if not loader.check_event(yaml.StreamEndEvent):
             mark = loader.peek_event().start_mark
-            raise _LoaderIssue(mark, "a policy file holds exactly one YAML document; "
-                                     "found a second one")
+            raise _LoaderIssue(mark, f"a {noun} holds exactly one YAML document; found a second "
+                                     "one")
         return node
     finally:
         loader.dispose()

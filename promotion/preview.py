@@ -85,6 +85,10 @@ class Preview:
         return tuple(r for r in self.rows if r.change != "same")
 
     @property
+    def holder(self) -> str:
+        return f"version {self.production_version}" if self.production_version else "no version"
+
+    @property
     def return_code(self) -> int:
         # A preview informs the review; whether decisions change is not a failure.
         return int(ExitCode.OK)
@@ -250,8 +254,7 @@ def holder(client: MlflowClient, model: str, alias: str,
 
 def _header(p: Preview) -> list[str]:
     base = "none (a new policy)" if p.base_missing else p.base_label
-    holder_text = f"version {p.production_version}" if p.production_version else "no version"
-    return [f"policy {p.head_path} (model {p.model}, @{p.alias} = {holder_text})",
+    return [f"policy {p.head_path} (model {p.model}, @{p.alias} = {p.holder})",
             f"base   {base}",
             f"replayed over the last {len(p.rows)} of up to {p.last} versions, "
             f"each against @{p.alias} as it is now (read-only)"]
@@ -299,10 +302,9 @@ def _code(text: str) -> str:
 
 def render_markdown(p: Preview) -> str:
     """A section for the job summary of a pull request."""
-    holder_text = f"version {p.production_version}" if p.production_version else "no version"
     base = "none: a new policy file" if p.base_missing else _code(p.base_label)
     lines = [f"### Policy preview: {_code(p.head_path)}", "",
-             f"Model {_code(p.model)}, {_code('@' + p.alias)} = {holder_text}. Base policy: "
+             f"Model {_code(p.model)}, {_code('@' + p.alias)} = {p.holder}. Base policy: "
              f"{base}. Each of the last {len(p.rows)} versions (of up to {p.last}) is decided "
              f"under both policies against {_code('@' + p.alias)} as it is now; nothing is "
              "written.", ""]

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from promotion.errors import redact
+from promotion.record import EXPERIMENT
 
 if TYPE_CHECKING:
     from promotion.chart import ChartRow
@@ -99,6 +100,25 @@ def _rule_json(rule: RuleResult) -> dict[str, Any]:
 # The gate
 
 
+def _document(kind: str, model: str, fields: Mapping[str, Any],
+              tracking_uri: str) -> dict[str, Any]:
+    """A JSON document: what every kind starts with, its own fields, then the server."""
+    return {"schema_version": SCHEMA_VERSION, "kind": kind, "model": model, **fields,
+            "tracking_uri": redact(tracking_uri)}
+
+
+def _decision_document(result: GateResult | RollbackResult, kind: str, *, model: str,
+                       alias: str, previous_alias: str, outcome: str,
+                       details: Mapping[str, Any]) -> dict[str, Any]:
+    """What gate and rollback reports share around their own `details`."""
+    return {**_document(kind, model, {
+        "alias": alias, "previous_alias": previous_alias, "outcome": outcome,
+        "return_code": result.return_code, "dry_run": result.dry_run, "applied": result.applied,
+        **details,
+        "decided_at": result.decided_at, "trigger": result.trigger.as_dict(),
+    }, result.tracking_uri), "record_run_id": result.record_run_id}
+
+
 def to_json(result: GateResult | RollbackResult) -> dict[str, Any]:
     from promotion.gate import RollbackResult
 
@@ -106,16 +126,7 @@ def to_json(result: GateResult | RollbackResult) -> dict[str, Any]:
         return _rollback_json(result)
     d = result.decision
     cand, prod = result.candidate, result.production
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "gate",
-        "model": d.model,
-        "alias": d.alias,
-        "previous_alias": result.policy.previous_alias,
-        "outcome": result.outcome,
-        "return_code": result.return_code,
-        "dry_run": result.dry_run,
-        "applied": result.applied,
+    details = {
         "summary": d.summary,
         "reasons": list(d.reasons),
         "candidate": {"version": cand.version, "run_id": cand.run_id},
@@ -126,12 +137,11 @@ def to_json(result: GateResult | RollbackResult) -> dict[str, Any]:
         "rules": [_rule_json(r) for r in d.rules],
         "evaluation": None if result.evaluation is None else {
             "data_sha256": result.evaluation.data_sha256, "rows": result.evaluation.rows},
-        "decided_at": result.decided_at,
-        "trigger": result.trigger.as_dict(),
-        "tracking_uri": redact(result.tracking_uri),
-        "record_run_id": result.record_run_id,
-        "resolved": result.resolved,
     }
+    return {**_decision_document(result, "gate", model=d.model, alias=d.alias,
+                                 previous_alias=result.policy.previous_alias,
+                                 outcome=result.outcome, details=details),
+            "resolved": result.resolved}
 
 
 def to_json_text(result: GateResult | RollbackResult) -> str:
@@ -162,6 +172,10 @@ def _ver(version: str | None) -> str:
     return f"version {version}" if version else "no version"
 
 
+def _record_line(run_id: str) -> str:
+    return f"record     run {run_id} (experiment {EXPERIMENT})"
+
+
 def table(result: GateResult) -> str:
     """The default terminal output of `promote gate`."""
     d, policy = result.decision, result.policy
@@ -181,21 +195,28 @@ def table(result: GateResult) -> str:
         lines.append(f"note       {result.resolved}")
     lines.append("")
     if d.rules:
-        # The interval column appears only when some rule was re-scored on the evaluation set.
-        ci = _has_intervals(d.rules)
+        ci, rows = _rule_rows(d.rules)
         header = ["CHECK", "CANDIDATE", "PRODUCTION", *(["DIFF [CI]"] if ci else []), "BOUND",
                   "RESULT", "REASON"]
-        lines.extend(_grid(header, [
-            [r.label, shown(r.candidate), shown(r.production),
-             *([_difference(r)] if ci else []), shown(r.bound), _verdict(r), r.reason]
-            for r in d.rules]))
+        lines.extend(_grid(header, rows))
         lines.append("")
     lines.append(_headline(result))
     if result.outcome not in ("promoted", "already"):
         lines.extend(f"  - {reason}" for reason in d.reasons)
     if result.record_run_id:
-        lines.append(f"record     run {result.record_run_id} (experiment promotion-decisions)")
+        lines.append(_record_line(result.record_run_id))
     return "\n".join(lines)
+
+
+def _rule_rows(rules: Sequence[RuleResult]) -> tuple[bool, list[list[str]]]:
+    """The cells of the checks table, and whether it has the interval column.
+
+    The interval column appears only when some rule was re-scored on the evaluation set.
+    """
+    ci = _has_intervals(rules)
+    return ci, [[r.label, shown(r.candidate), shown(r.production),
+                 *([_difference(r)] if ci else []), shown(r.bound), _verdict(r), r.reason]
+                for r in rules]
 
 
 def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -234,18 +255,15 @@ def markdown(result: GateResult | RollbackResult, chart: str | None = None) -> s
         lines.append(f"- evaluation data: {result.evaluation.rows} rows, sha256 "
                      f"`{result.evaluation.data_sha256[:12]}`")
     if result.record_run_id:
-        lines.append(f"- record: run `{result.record_run_id}` in experiment "
-                     "`promotion-decisions`")
+        lines.append(f"- record: run `{result.record_run_id}` in experiment `{EXPERIMENT}`")
     if result.resolved:
         lines.append(f"- note: {_md(result.resolved)}")
     if d.rules:
-        ci = _has_intervals(d.rules)
+        ci, rows = _rule_rows(d.rules)
         lines += ["", "| check | candidate | Production | "
                   + ("candidate − Production [CI] | " if ci else "") + "bound | result | reason |",
                   "|---|---:|---:|" + ("---:|" if ci else "") + "---:|---|---|"]
-        lines += [f"| {_md(r.label)} | {_md(r.candidate)} | {_md(r.production)} | "
-                  + (f"{_md(_difference(r))} | " if ci else "")
-                  + f"{_md(r.bound)} | {_verdict(r)} | {_md(r.reason)} |" for r in d.rules]
+        lines += ["| " + " | ".join(_md(cell) for cell in row) + " |" for row in rows]
     if result.outcome not in ("promoted", "already"):
         lines += ["", "**Why:**", *[f"- {_md(reason)}" for reason in d.reasons]]
     if chart:
@@ -311,23 +329,10 @@ def chart_rows(result: GateResult) -> list[ChartRow]:
 
 
 def _rollback_json(result: RollbackResult) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "rollback",
-        "model": result.model,
-        "alias": result.alias,
-        "previous_alias": result.previous_alias,
-        "outcome": "rollback",
-        "return_code": result.return_code,
-        "dry_run": result.dry_run,
-        "applied": result.applied,
-        "restored_version": result.restored_version,
-        "displaced_version": result.displaced_version,
-        "decided_at": result.decided_at,
-        "trigger": result.trigger.as_dict(),
-        "tracking_uri": redact(result.tracking_uri),
-        "record_run_id": result.record_run_id,
-    }
+    return _decision_document(result, "rollback", model=result.model, alias=result.alias,
+                              previous_alias=result.previous_alias, outcome="rollback",
+                              details={"restored_version": result.restored_version,
+                                       "displaced_version": result.displaced_version})
 
 
 def rollback_text(result: RollbackResult) -> str:
@@ -337,7 +342,7 @@ def rollback_text(result: RollbackResult) -> str:
         return f"DRY RUN: would move {moved} (nothing was written)"
     text = f"ROLLED BACK model {result.model}: {moved}"
     if result.record_run_id:
-        text += f"\nrecord     run {result.record_run_id} (experiment promotion-decisions)"
+        text += "\n" + _record_line(result.record_run_id)
     return text
 
 
@@ -373,17 +378,13 @@ def status_table(status: ModelStatus) -> str:
 
 
 def status_json(status: ModelStatus) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "status",
-        "model": status.model,
+    return _document("status", status.model, {
         "latest_version": status.latest_version,
         "aliases": {a: v for a, v in status.aliases},
         "versions": [{"version": v.version, "aliases": list(v.aliases), "decision": v.decision,
                       "decided_at": v.decided_at, "compared_to": v.compared_to,
                       "reason": v.reason, "note": v.note} for v in status.versions],
-        "tracking_uri": redact(status.tracking_uri),
-    }
+    }, status.tracking_uri)
 
 
 def history_table(history: History) -> str:
@@ -396,10 +397,7 @@ def history_table(history: History) -> str:
 
 
 def history_json(history: History) -> dict[str, Any]:
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "kind": "history",
-        "model": history.model,
+    return _document("history", history.model, {
         "limit": history.limit,
         "decisions": [{"decided_at": e.decided_at, "kind": e.kind, "alias": e.alias,
                        "candidate_version": e.candidate_version, "compared_to": e.compared_to,
@@ -407,8 +405,7 @@ def history_json(history: History) -> dict[str, Any]:
                        "triggered_by": e.triggered_by, "policy": e.policy,
                        "policy_sha256": e.policy_sha256, "record_run_id": e.run_id}
                       for e in history.entries],
-        "tracking_uri": redact(history.tracking_uri),
-    }
+    }, history.tracking_uri)
 
 
 def dumps(document: Mapping[str, Any]) -> str:

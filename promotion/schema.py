@@ -51,7 +51,7 @@ from promotion.policy import (
     Source,
     WhenNoProduction,
 )
-from promotion.policyfile import Document, Issue, Path, PolicyError, format_key, printable
+from promotion.policyfile import Document, Issue, Path, PolicyError, printable
 
 EVALUATION_METRICS = ("rmse", "mae", "r2", "accuracy", "f1", "roc_auc", "log_loss")
 # The datasets bundled with scikit-learn (no download) that load as (features, target).
@@ -652,9 +652,7 @@ def validate(document: Document, *, sha256: str = "", base_dir: str | None = Non
 
 def _issues(document: Document, errors: Sequence[Any]) -> Iterator[Issue]:
     for path, at_key, message in _flatten(errors, ()):
-        line, col = (document.positions.key(path) if at_key else
-                     document.positions.value(path))
-        yield Issue(document.name, line, col, format_key(path), message)
+        yield document.issue(path, message, at_value=not at_key)
 
 
 def _flatten(errors: Sequence[Any], prefix: Path) -> Iterator[tuple[Path, bool, str]]:

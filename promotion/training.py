@@ -15,21 +15,19 @@ from __future__ import annotations
 import difflib
 import hashlib
 import importlib
-import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from yaml.nodes import MappingNode, Node
 
 from promotion import lineage
-from promotion.clientlib import connect, registry_errors
+from promotion.clientlib import apply_retry_defaults, connect, registry_errors
 from promotion.errors import ExitCode, InvalidInput, redact
+from promotion.policyfile import Document, Issue, PolicyError, read_document
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,6 +38,7 @@ METRICS = ("rmse", "mae", "r2")  # the keys the shipped policy gates on
 DATA_VALIDATED = "data_validated"
 DATA_VALIDATION = "data_validation"  # "ok" or what was wrong, next to data_validated
 MAX_CONFIG_BYTES = 64 * 1024
+_KEYS = "a mapping of keys (model, estimator, params, split, ...)"
 
 # Config name -> scikit-learn class. Only regressors: every candidate answers the same question.
 ESTIMATORS: Mapping[str, str] = MappingProxyType({
@@ -77,6 +76,10 @@ DATASETS: Mapping[str, DatasetSpec] = MappingProxyType({
 
 class ConfigError(InvalidInput):
     """A training config is invalid; the message names the file, line, column and key."""
+
+    def __init__(self, issue: Issue) -> None:
+        self.issue = issue
+        super().__init__(str(issue))
 
 
 class _Split(BaseModel):
@@ -129,50 +132,6 @@ class TrainConfig:
         return Path(self.path).stem
 
 
-def _key_positions(text: str) -> tuple[dict[tuple[str, ...], tuple[int, int]], list[str]]:
-    """1-based (line, column) of every mapping key by dotted path, and any duplicated keys.
-
-    `yaml.safe_load` silently keeps the last of two equal keys; a config that says a thing twice
-    is refused instead.
-    """
-    positions: dict[tuple[str, ...], tuple[int, int]] = {}
-    duplicates: list[str] = []
-
-    def walk(node: Node, path: tuple[str, ...]) -> None:
-        if not isinstance(node, MappingNode):
-            return
-        for key_node, value_node in node.value:
-            key = (*path, str(key_node.value))
-            if key in positions:
-                duplicates.append(".".join(key))
-            positions[key] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            walk(value_node, key)
-
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is not None:
-        walk(root, ())
-    return positions, duplicates
-
-
-class _Located:
-    """Builds ConfigErrors that point at a key of one file."""
-
-    def __init__(self, path: str, positions: Mapping[tuple[str, ...], tuple[int, int]]):
-        self.path = path
-        self.positions = positions
-
-    def error(self, key: Sequence[str | int], message: str) -> ConfigError:
-        path = tuple(str(k) for k in key)
-        where = self.path
-        for end in range(len(path), 0, -1):  # the deepest key we know the position of
-            if path[:end] in self.positions:
-                line, col = self.positions[path[:end]]
-                where = f"{self.path}:{line}:{col}"
-                break
-        return ConfigError(f"{where}: {'.'.join(path)}: {message}" if path
-                           else f"{where}: {message}")
-
-
 def load_config(path: str | Path, *, model_name: str | None = None) -> TrainConfig:
     """Read and fully validate one config (estimator and hyperparameters included).
 
@@ -181,50 +140,54 @@ def load_config(path: str | Path, *, model_name: str | None = None) -> TrainConf
     Raises ConfigError (exit 2) naming file, line and key.
     """
     shown = str(path)
+    data = _read(shown)
     try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"{shown}: no such config file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{shown}: is a directory, expected a YAML config file") from None
-    except OSError as exc:
-        raise ConfigError(f"{shown}: cannot read: {exc.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{shown}: {len(data)} bytes, larger than a config can be "
-                          f"({MAX_CONFIG_BYTES} bytes)")
+        # The policy language's reader: duplicate keys, unsafe tags and runaway aliases are
+        # refused, and every key keeps its position.
+        document = read_document(data, shown, noun="training config",
+                                 shape=f"a training config is {_KEYS}")
+    except PolicyError as exc:
+        raise ConfigError(exc.issues[0]) from None  # the first, as for any other config error
+    if not isinstance(document.data, dict):
+        raise _file_error(shown, f"expected {_KEYS}")
     try:
-        text = data.decode("utf-8")
-        positions, duplicates = _key_positions(text)
-        raw = yaml.safe_load(text)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{shown}: not UTF-8 text (byte {exc.start})") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark else shown
-        raise ConfigError(f"{where}: invalid YAML: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{shown}: invalid YAML: {exc}") from None
-    at = _Located(shown, positions)
-    if duplicates:
-        raise at.error(duplicates[0].split("."), "duplicate key")
-    if not isinstance(raw, dict):
-        raise at.error((), "expected a mapping of keys (model, estimator, params, split, ...)")
-    try:
-        spec = _ConfigFile.model_validate(raw)
+        spec = _ConfigFile.model_validate(document.data)
     except ValidationError as exc:
+        # The first problem in pydantic's words, at its key. (promotion.schema's translation is
+        # tied to the policy model: its "allowed keys" hints walk PolicyModel's fields.)
         first = exc.errors()[0]
-        raise at.error(first["loc"], first["msg"]) from None
+        raise ConfigError(document.issue(first["loc"], first["msg"])) from None
     if spec.data not in DATASETS:
-        raise at.error(["data"], f"unknown data source {spec.data!r}; expected one of: "
-                                 f"{', '.join(sorted(DATASETS))}")
+        raise ConfigError(document.issue(("data",), f"unknown data source {spec.data!r}; expected "
+                                                    f"one of: {', '.join(sorted(DATASETS))}"))
     model = model_name or spec.model
     config = TrainConfig(
         path=shown, sha256=hashlib.sha256(data).hexdigest(), model=model,
         experiment=spec.experiment or model, estimator=spec.estimator, params=spec.params,
         data=spec.data, test_size=spec.split.test_size, seed=spec.split.seed,
         description=spec.description, declared_model=spec.model)
-    params = _checked_params(config, at)
+    params = _checked_params(config, document)
     return replace(config, params=params)
+
+
+def _read(shown: str) -> bytes:
+    try:
+        data = Path(shown).read_bytes()
+    except FileNotFoundError:
+        raise _file_error(shown, "no such config file") from None
+    except IsADirectoryError:
+        raise _file_error(shown, "is a directory, expected a YAML config file") from None
+    except OSError as exc:
+        raise _file_error(shown, f"cannot read: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise _file_error(shown, f"{len(data)} bytes, larger than a config can be "
+                                 f"({MAX_CONFIG_BYTES} bytes)")
+    return data
+
+
+def _file_error(shown: str, message: str) -> ConfigError:
+    """A problem of the file as a whole: `file: message`, no position."""
+    return ConfigError(Issue(shown, 0, 0, "", message))
 
 
 def load_configs(paths: Iterable[str | Path], *, model_name: str | None = None
@@ -242,23 +205,23 @@ def _estimator_class(name: str) -> type:
     return found
 
 
-def _checked_params(config: TrainConfig, at: _Located) -> dict[str, Any]:
+def _checked_params(config: TrainConfig, document: Document) -> dict[str, Any]:
     """The effective hyperparameters, validated by scikit-learn itself.
 
     A `random_state` the config leaves out is set to the split seed: an unseeded forest would
     make "same config, same data -> same metrics" false.
     """
     if config.estimator not in ESTIMATORS:
-        raise at.error(["estimator"], f"unknown estimator {config.estimator!r}; expected one of: "
-                                      f"{', '.join(sorted(ESTIMATORS))}")
+        raise ConfigError(document.issue(("estimator",), f"unknown estimator {config.estimator!r}; "
+                                         f"expected one of: {', '.join(sorted(ESTIMATORS))}"))
     cls = _estimator_class(config.estimator)
     accepted = cls().get_params(deep=False)
     for key in config.params:
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise at.error(["params", key],
-                           f"{cls.__name__} has no hyperparameter {key!r}{hint}")
+            raise ConfigError(document.issue(
+                ("params", key), f"{cls.__name__} has no hyperparameter {key!r}{hint}"))
     params = dict(config.params)
     if "random_state" in accepted and "random_state" not in params:
         params["random_state"] = config.seed
@@ -270,7 +233,8 @@ def _checked_params(config: TrainConfig, at: _Located) -> dict[str, Any]:
             validate()
         except (ValueError, TypeError) as exc:
             named = re.search(r"The '(\w+)' parameter", str(exc))
-            raise at.error(["params", named.group(1)] if named else ["params"], str(exc)) from None
+            where = ("params", named.group(1)) if named else ("params",)
+            raise ConfigError(document.issue(where, str(exc))) from None
     return params
 
 
@@ -547,20 +511,6 @@ def train_one(config: TrainConfig, data: PreparedData, client: MlflowClient) -> 
                        run_url=_run_url(experiment.experiment_id, run.info.run_id))
 
 
-def mlflow_env_defaults() -> None:
-    """MLflow settings for training and the demo; a value set in the environment always wins.
-
-    - Run links are not printed to stdout: they would break --json output, and they show the
-      tracking host as configured, credentials included when the URI holds them; results carry
-      a redacted link instead.
-    - MLflow's usage telemetry is off: on import it fetches a config from the internet and at
-      exit waits for its sender threads (1-3 s per process here), an outbound call a training job
-      or a local demo has no reason to make. Must run before `import mlflow` to take effect.
-    """
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
 def train_candidates(paths: Iterable[str | Path], *, tracking_uri: str | None = None,
                      model_name: str | None = None,
                      progress: Callable[[TrainResult], None] | None = None) -> TrainReport:
@@ -569,7 +519,7 @@ def train_candidates(paths: Iterable[str | Path], *, tracking_uri: str | None = 
     Nothing is written to MLflow unless every config is valid. `progress` is called after each
     candidate (the CLI prints as it goes).
     """
-    mlflow_env_defaults()
+    apply_retry_defaults()  # before anything imports mlflow: telemetry off, no run links printed
     configs = load_configs(paths, model_name=model_name)
     prepared: dict[tuple[str, float, int], PreparedData] = {}
     for c in configs:

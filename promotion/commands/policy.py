@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import click
 
 from promotion.errors import ExitCode, InvalidInput, redact
+from promotion.policy import Policy
 from promotion.policyfile import Issue, PolicyError
 
 DEFAULT_DIR = "policies"
@@ -86,23 +87,29 @@ def validate(paths: tuple[str, ...], output_format: str) -> int:
     `PATH:LINE:COL: key: message` line per problem. Exit code 0 when every file is valid, 2
     otherwise.
     """
-    from promotion.policies import load_policy
-
-    files = policy_files(paths)
-    issues: list[Issue] = []
-    for path in files:
-        try:
-            load_policy(path)
-        except PolicyError as exc:
-            issues.extend(exc.issues)
-        else:
-            click.echo(f"ok  {path}")
+    loaded, issues = load_each(policy_files(paths))
+    for path, _ in loaded:
+        click.echo(f"ok  {path}")
     if not issues:
         return int(ExitCode.OK)
     if output_format == "github":
         for issue in issues:
             click.echo(github_annotation(issue))
     raise PolicyError(issues)
+
+
+def load_each(files: Sequence[str]) -> tuple[list[tuple[str, Policy]], list[Issue]]:
+    """Every file validated: the valid ones with their policy, and every issue of the others."""
+    from promotion.policies import load_policy
+
+    loaded: list[tuple[str, Policy]] = []
+    issues: list[Issue] = []
+    for path in files:
+        try:
+            loaded.append((path, load_policy(path)))
+        except PolicyError as exc:
+            issues.extend(exc.issues)
+    return loaded, issues
 
 
 def policy_files(paths: Sequence[str]) -> list[str]:
@@ -248,20 +255,11 @@ def list_policies(paths: Sequence[str], *, select: str | None = None,
     or a model (every policy of it); None or "" selects everything. Raises PolicyError if any
     file is invalid, InvalidInput if the selection matches nothing.
     """
-    from promotion.policies import load_policy
-
     files = policy_files(paths)
-    entries: list[PolicyEntry] = []
-    issues: list[Issue] = []
-    for path in files:
-        try:
-            policy = load_policy(path)
-        except PolicyError as exc:
-            issues.extend(exc.issues)
-        else:
-            entries.append(PolicyEntry(path, policy.model, policy.alias))
+    loaded, issues = load_each(files)
     if issues:
         raise PolicyError(issues)
+    entries = [PolicyEntry(path, policy.model, policy.alias) for path, policy in loaded]
     if select:
         entries = [e for e in entries if _selects(select, e)]
         if not entries:

@@ -98,6 +98,23 @@ def test_bad_config_is_one_error_naming_file_line_and_key(tmp_path, text, where,
     assert caught.value.exit_code == 2
 
 
+@pytest.mark.parametrize(("data", "says"), [
+    (b"", "empty"),
+    (b"model: m\n---\nmodel: n\n", "document"),
+    (b"model: !!python/object/apply:os.system ['touch pwned']\n", "tag"),
+    (b"model: m\xff\n", "UTF-8"),
+])
+def test_unreadable_config_files_are_one_clear_error(tmp_path, data, says):
+    """Configs are read by the same reader as policies: nothing unsafe, nothing ambiguous."""
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert message.startswith(str(path)) and says in message
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
 def test_missing_config_and_no_config():
     with pytest.raises(ConfigError, match=r"nope\.yaml: no such config file"):
         load_config("nope.yaml")

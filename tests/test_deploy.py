@@ -1,0 +1,614 @@
+"""The central MLflow node in deploy/: its command line, its image, its compose stack.
+
+- The server command line (deploy/mlflow-server.sh, the compose service's command) is started
+  here, as it is, against a fresh database on the PostgreSQL at 127.0.0.1:5432, and the whole
+  train -> gate -> load flow runs against it, with and without basic auth.
+- The compose file is validated by a real compose implementation (`docker compose` or Debian's
+  `docker-compose`), and brought up with testcontainers where images can be pulled.
+- The image is built from deploy/Dockerfile and run where a Docker engine is reachable.
+Each test that cannot run on this machine is skipped and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import version
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+SCRIPT = DEPLOY / "mlflow-server.sh"
+BIN = Path(sys.executable).parent
+MLFLOW_VERSION = version("mlflow")
+POSTGRES = os.environ.get("PROMOTE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_status(url: str, headers: dict[str, str] | None = None) -> int:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def wait_healthy(url: str, timeout: float, alive=lambda: True, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            break
+        try:
+            if http_status(f"{url}/health") == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-4000:] if log and log.exists() else ""
+    raise AssertionError(f"{url} never became healthy\n{tail}")
+
+
+# -- the server command line, checked without starting MLflow ---------------------------------
+
+
+FAKE_MLFLOW = """#!/bin/sh
+# Stands in for mlflow: records how it was started.
+{
+  printf '%s\\n' "$@"
+  echo "--- env"
+  echo "MLFLOW_BACKEND_STORE_URI=$MLFLOW_BACKEND_STORE_URI"
+  echo "MLFLOW_AUTH_CONFIG_PATH=${MLFLOW_AUTH_CONFIG_PATH:-}"
+  echo "MLFLOW_AUTH_ADMIN_USERNAME=${MLFLOW_AUTH_ADMIN_USERNAME:-}"
+} > "$RECORD"
+if [ -n "${MLFLOW_AUTH_CONFIG_PATH:-}" ]; then
+  cp "$MLFLOW_AUTH_CONFIG_PATH" "$RECORD.ini"
+  stat -c %a "$MLFLOW_AUTH_CONFIG_PATH" > "$RECORD.mode"
+fi
+"""
+
+
+@pytest.fixture
+def fake_mlflow(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "mlflow"
+    fake.write_text(FAKE_MLFLOW)
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", "RECORD": str(tmp_path / "record")}
+
+
+def run_script(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(["sh", str(SCRIPT)], env=env, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_the_command_line_keeps_secrets_out_of_argv(fake_mlflow, tmp_path):
+    env = {**fake_mlflow, "MLFLOW_BACKEND_STORE_URI": "postgresql://mlflow:db-s3cret@pg/mlflow",
+           "MLFLOW_ALLOWED_HOSTS": "mlflow.example.internal"}
+    proc = run_script(env)
+    assert proc.returncode == 0, proc.stderr
+    argv, _, environ = (tmp_path / "record").read_text().partition("--- env\n")
+    assert argv.split("\n")[:9] == ["server", "--host", "0.0.0.0", "--port", "5001",
+                                   "--workers", "4", "--artifacts-destination", "/mlartifacts"]
+    assert "--allowed-hosts\nmlflow.example.internal" in argv
+    assert "--app-name" not in argv and "--cors-allowed-origins" not in argv
+    assert "db-s3cret" not in argv  # MLflow reads the store URI from its environment
+    assert "MLFLOW_BACKEND_STORE_URI=postgresql://mlflow:db-s3cret@pg/mlflow" in environ
+
+
+def test_basic_auth_gets_a_private_config_and_no_password_in_it(fake_mlflow, tmp_path):
+    env = {**fake_mlflow, "MLFLOW_BACKEND_STORE_URI": "postgresql://u:p@pg/mlflow",
+           "MLFLOW_AUTH": "basic", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32,
+           "MLFLOW_AUTH_DATABASE_URI": "postgresql://u:p@pg/mlflow_auth",
+           "MLFLOW_AUTH_ADMIN_PASSWORD": "admin-s3cret"}
+    proc = run_script(env)
+    assert proc.returncode == 0, proc.stderr
+    record = (tmp_path / "record").read_text()
+    assert "--app-name\nbasic-auth" in record
+    assert "MLFLOW_AUTH_ADMIN_USERNAME=admin" in record
+    ini = (tmp_path / "record.ini").read_text()
+    assert "database_uri = postgresql://u:p@pg/mlflow_auth" in ini
+    assert "default_permission = READ" in ini
+    assert "admin-s3cret" not in ini and "admin-s3cret" not in record
+    assert (tmp_path / "record.mode").read_text().strip() == "600"
+
+
+@pytest.mark.parametrize(("settings", "words"), [
+    ({}, "MLFLOW_BACKEND_STORE_URI is not set"),
+    ({"MLFLOW_AUTH": "basic"}, "MLFLOW_FLASK_SERVER_SECRET_KEY"),
+    ({"MLFLOW_AUTH": "basic", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k"}, "MLFLOW_AUTH_DATABASE_URI"),
+    ({"MLFLOW_AUTH": "basic", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k",
+      "MLFLOW_AUTH_DATABASE_URI": "sqlite:///a.db"}, "MLFLOW_AUTH_ADMIN_PASSWORD"),
+    ({"MLFLOW_AUTH": "ldap"}, "MLFLOW_AUTH must be none or basic"),
+])
+def test_the_command_line_refuses_incomplete_settings(fake_mlflow, tmp_path, settings, words):
+    base = {} if not settings else {"MLFLOW_BACKEND_STORE_URI": "sqlite:///x.db"}
+    proc = run_script({**fake_mlflow, **base, **settings})
+    assert proc.returncode == 2 and words in proc.stderr
+    assert not (tmp_path / "record").exists()  # mlflow was never started
+
+
+# -- the files agree with each other ------------------------------------------------------------
+
+
+def compose_variables() -> set[str]:
+    lines = (DEPLOY / "compose.yaml").read_text().splitlines()
+    code = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+    return set(re.findall(r"\$\{(\w+)", code))
+
+
+def example_settings() -> dict[str, str]:
+    lines = (DEPLOY / ".env.example").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if re.match(r"^\w+=", line))
+
+
+def test_env_example_documents_every_variable_the_compose_file_reads():
+    documented = example_settings()
+    assert compose_variables() <= set(documented), compose_variables() - set(documented)
+    # ...and nothing that the stack does not read (COMPOSE_PROJECT_NAME is compose's own).
+    assert set(documented) - compose_variables() == {"COMPOSE_PROJECT_NAME"}
+    # Secrets have no value in the example: whoever deploys must choose them.
+    for name in ("POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD",
+                 "MLFLOW_FLASK_SERVER_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"):
+        assert documented[name] == "", name
+
+
+def test_every_pin_is_the_mlflow_version_promote_is_tested_with():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert set(re.findall(r"ARG MLFLOW_VERSION=(\S+)", dockerfile)) == {MLFLOW_VERSION}
+    assert f"mlflow=={MLFLOW_VERSION}" in (REPO / "constraints.txt").read_text()
+    settings = example_settings()
+    assert settings["MLFLOW_VERSION"] == MLFLOW_VERSION
+    assert settings["MLFLOW_IMAGE"].endswith(f":{MLFLOW_VERSION}")
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert compose["services"]["mlflow"]["build"]["args"]["MLFLOW_VERSION"] == \
+        f"${{MLFLOW_VERSION:-{MLFLOW_VERSION}}}"
+    assert "psycopg[binary]" in dockerfile and "mlflow[auth]" in dockerfile
+
+
+def test_the_compose_service_runs_the_command_line_the_tests_run():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    assert compose["services"]["mlflow"]["command"] == ["mlflow-server"]
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "COPY mlflow-server.sh /usr/local/bin/mlflow-server" in dockerfile
+
+
+# -- the compose file, validated by a real compose implementation ------------------------------
+
+
+@cache
+def compose_command() -> tuple[list[str] | None, str]:
+    """(argv prefix of a compose implementation, or None; why none)."""
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"], ""
+    if shutil.which("docker-compose"):
+        return ["docker-compose"], ""
+    return None, "neither `docker compose` (v2) nor `docker-compose` is installed"
+
+
+@pytest.fixture
+def compose() -> list[str]:
+    command, why = compose_command()
+    if command is None:
+        pytest.skip(why)
+    return command
+
+
+def env_file(tmp_path: Path, **overrides: str) -> Path:
+    settings = {**example_settings(), "POSTGRES_PASSWORD": secrets.token_hex(12),
+                "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_hex(12),
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+                "AWS_ACCESS_KEY_ID": "central", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(12),
+                **overrides}
+    path = tmp_path / "test.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
+    return path
+
+
+def compose_config(compose: list[str], env: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*compose, "--env-file", str(env), "-f", str(DEPLOY / "compose.yaml"),
+                           *extra, "config"], capture_output=True, text=True, timeout=60)
+
+
+def test_the_compose_file_is_valid_and_complete(compose, tmp_path):
+    env = env_file(tmp_path)
+    proc = compose_config(compose, env)
+    assert proc.returncode == 0, proc.stderr
+    config = yaml.safe_load(proc.stdout)
+    services = config["services"]
+    # MinIO only with its profile (compose v1 lists profiled services too, v2 leaves them out).
+    always = {name for name, service in services.items() if not service.get("profiles")}
+    assert always == {"postgres", "mlflow"}
+    mlflow, postgres = services["mlflow"], services["postgres"]
+    assert mlflow["command"] == ["mlflow-server"]
+    assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "healthcheck" in mlflow and "healthcheck" in postgres
+    assert any(str(p.get("target") if isinstance(p, dict) else p).endswith("5001")
+               for p in mlflow["ports"])
+    store = mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    assert store.startswith("postgresql://mlflow:") and store.endswith("@postgres:5432/mlflow")
+    assert mlflow["environment"]["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlartifacts"
+    assert any("/mlartifacts" in str(v) for v in mlflow["volumes"])
+    assert any("/var/lib/postgresql/data" in str(v) for v in postgres["volumes"])
+    assert {"postgres-data", "mlflow-artifacts"} <= set(config["volumes"])
+
+    with_s3 = compose_config(compose, env, "--profile", "s3")
+    assert with_s3.returncode == 0, with_s3.stderr
+    s3_services = yaml.safe_load(with_s3.stdout)["services"]
+    assert set(s3_services) == {"postgres", "mlflow", "minio", "minio-bucket"}
+    assert all(s3_services[name]["profiles"] == ["s3"] for name in ("minio", "minio-bucket"))
+
+
+def test_the_compose_file_refuses_to_run_without_a_database_password(compose):
+    proc = compose_config(compose, DEPLOY / ".env.example")
+    assert proc.returncode != 0
+    assert "set POSTGRES_PASSWORD in deploy/.env" in proc.stderr
+
+
+# -- the command line, started against PostgreSQL: train -> gate -> load ----------------------
+
+
+@cache
+def postgres_reachable() -> str:
+    """'' when a fresh database can be made on PROMOTE_TEST_POSTGRES, else why not."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'psycopg[binary]'): mlflow needs it too"
+    try:
+        with psycopg.connect(POSTGRES, connect_timeout=3):
+            return ""
+    except psycopg.Error as exc:
+        return f"no PostgreSQL at {_without_password(POSTGRES)}: {str(exc).strip()[:200]}"
+
+
+def _without_password(uri: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", uri)
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """The URI of a fresh, uniquely named database, dropped afterwards."""
+    why = postgres_reachable()
+    if why:
+        pytest.skip(why)
+    import psycopg
+    from psycopg import sql
+
+    name = f"promote_deploy_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield POSTGRES.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                         .format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def auth_database(database: str) -> Iterator[str]:
+    import psycopg
+    from psycopg import sql
+
+    name = database.rsplit("/", 1)[1] + "_auth"
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield POSTGRES.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                         .format(sql.Identifier(name)))
+
+
+@dataclass(frozen=True)
+class Node:
+    url: str
+    log: Path
+    credentials: dict[str, str]  # MLFLOW_TRACKING_* for clients; empty without auth
+
+
+@pytest.fixture(params=["open", "basic-auth"])
+def central_node(request, tmp_path: Path, database: str) -> Iterator[Node]:
+    """deploy/mlflow-server.sh, exactly as the compose service runs it, on a fresh database."""
+    port = free_port()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "2",
+           "MLFLOW_BACKEND_STORE_URI": database,
+           "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts")}
+    for name in list(env):
+        if name.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH")):
+            del env[name]
+    credentials: dict[str, str] = {}
+    if request.param == "basic-auth":
+        pytest.importorskip("flask_wtf", reason="basic auth needs mlflow[auth] (Flask-WTF)")
+        password = secrets.token_hex(12)
+        env.update({"MLFLOW_AUTH": "basic", "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                    "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+                    "MLFLOW_AUTH_DATABASE_URI": request.getfixturevalue("auth_database")})
+        credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
+    log = tmp_path / "server.log"
+    with open(log, "wb") as out:
+        # Its own session: `mlflow server` starts workers and a job consumer; stop the group.
+        proc = subprocess.Popen(["sh", str(SCRIPT)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_healthy(url, 180, alive=lambda: proc.poll() is None, log=log)
+            yield Node(url, log, credentials)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            except ProcessLookupError:
+                pass
+
+
+def promote(node: Node, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": node.url, **node.credentials}
+    for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT"):
+        env.pop(name, None)
+    return subprocess.run([str(BIN / "promote"), *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+def train_gate_load(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seed's flow against `node`: train a candidate, gate it into Production, load it."""
+    import mlflow
+    from sklearn.datasets import load_diabetes
+
+    name = f"t-deploy-{uuid.uuid4().hex[:8]}"
+    trained = promote(node, "train", str(REPO / "train/candidates/linear.yaml"),
+                      "--model-name", name, "--json", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    version = json.loads(trained.stdout)["trained"][0]["version"]
+
+    policy = yaml.safe_load((REPO / "policies/diabetes-regressor.yaml").read_text())
+    policy["model"] = name
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(policy))
+    gated = promote(node, "gate", str(tmp_path / "policy.yaml"), "--json", cwd=tmp_path)
+    assert gated.returncode == 0, gated.stdout[-3000:] + gated.stderr[-3000:]
+
+    for output in (trained, gated):  # credentials never reach any output
+        for secret in node.credentials.values():
+            assert secret not in output.stdout + output.stderr
+
+    # Load what Production points at, as a serving endpoint would.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", node.url)
+    for key, value in node.credentials.items():
+        monkeypatch.setenv(key, value)
+    mlflow.set_tracking_uri(node.url)
+    try:
+        client = mlflow.MlflowClient(node.url)
+        assert client.get_model_version_by_alias(name, "Production").version == version
+        model = mlflow.pyfunc.load_model(f"models:/{name}@Production")
+        features = load_diabetes(as_frame=True).frame.drop(columns="target").head(5)
+        predictions = model.predict(features)
+        assert len(predictions) == 5 and all(25 < p < 350 for p in predictions)
+    finally:
+        mlflow.set_tracking_uri("http://127.0.0.1:9")
+
+
+@pytest.mark.mlflow
+def test_train_gate_load_against_the_deploy_command_line(central_node: Node, tmp_path: Path,
+                                                         monkeypatch):
+    if central_node.credentials:  # basic auth is really on: no credentials, no entry
+        assert http_status(f"{central_node.url}/api/2.0/mlflow/experiments/search"
+                           "?max_results=1") == 401
+    train_gate_load(central_node, tmp_path, monkeypatch)
+    # The artifacts went through the server into its artifacts destination.
+    assert any((tmp_path / "artifacts").rglob("MLmodel"))
+
+
+# -- the image, built from deploy/Dockerfile and run ------------------------------------------
+
+
+@cache
+def docker_client():
+    """(a docker client, '') when an engine answers, else (None, why not)."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=600)
+        client.ping()
+        return client, ""
+    except Exception as exc:  # any failure means "no engine here", which is the question
+        return None, f"no Docker engine reachable ({type(exc).__name__}: {exc})"
+
+
+@cache
+def obtainable(image: str) -> str:
+    """'' when `image` is present or can be pulled, else why not."""
+    client, why = docker_client()
+    if client is None:
+        return why
+    try:
+        client.images.get(image)
+        return ""
+    except Exception:
+        pass
+    try:
+        client.images.pull(image)
+        return ""
+    except Exception as exc:
+        return (f"the Docker engine cannot pull {image} (no registry reachable from here?): "
+                f"{str(exc).strip().splitlines()[0][:200]}")
+
+
+@pytest.fixture
+def docker():
+    client, why = docker_client()
+    if client is None:
+        pytest.skip(why)
+    return client
+
+
+BASE_IMAGE = os.environ.get("PROMOTE_TEST_DEPLOY_BASE_IMAGE", "python:3.11-slim-bookworm")
+MACHINE_CA = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def build_image(docker, tmp_path: Path) -> str:
+    """Build deploy/Dockerfile on BASE_IMAGE; the tag. Layers are cached between runs."""
+    why = obtainable(BASE_IMAGE)
+    if why:
+        pytest.skip(f"{why}; set PROMOTE_TEST_DEPLOY_BASE_IMAGE to a local Debian image with "
+                    "python3-venv")
+    context = tmp_path / "context"
+    shutil.copytree(DEPLOY, context)
+    if MACHINE_CA.exists():  # pip in the build trusts what this machine trusts
+        shutil.copy(MACHINE_CA, context / "ca-certificates" / "machine.crt")
+    tag = f"promote-test/central-node:{MLFLOW_VERSION}"
+    from docker.errors import BuildError
+
+    try:
+        docker.images.build(path=str(context), tag=tag, buildargs={"BASE_IMAGE": BASE_IMAGE},
+                            network_mode="host", rm=True, forcerm=True)
+    except BuildError as exc:
+        log = "".join(str(chunk.get("stream", chunk)) for chunk in exc.build_log)
+        raise AssertionError(f"docker build failed: {exc}\n{log[-4000:]}") from exc
+    return tag
+
+
+def test_the_image_builds_and_runs_the_central_node(docker, tmp_path: Path):
+    tag = build_image(docker, tmp_path)
+    image = docker.images.get(tag)
+    assert image.attrs["Config"]["User"] == "mlflow"
+    assert image.attrs["Config"]["Cmd"] == ["mlflow-server"]
+    # The build stage's CA bundle stayed there; the drivers are in.
+    checked = docker.containers.run(tag, ["sh", "-c", "test ! -e /tmp/extra-ca && "
+                                          "test ! -e /tmp/pip-ca.crt && python3 -c 'import "
+                                          "psycopg, boto3, flask_wtf' && mlflow --version"],
+                                    remove=True, network_mode="host")
+    assert f"version {MLFLOW_VERSION}" in checked.decode()
+
+    port = free_port()
+    why = postgres_reachable()
+    store = "sqlite:////home/mlflow/mlflow.db"
+    database = None
+    if not why:
+        database = _create_database()
+        store = database
+    container = docker.containers.run(
+        tag, detach=True, network_mode="host",
+        environment={"MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port),
+                     "MLFLOW_WORKERS": "1", "MLFLOW_BACKEND_STORE_URI": store})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, 180, alive=lambda: container.reload() or container.status == "running")
+        _round_trip_an_artifact(url)
+        deadline = time.monotonic() + 90  # the image's own HEALTHCHECK agrees
+        while time.monotonic() < deadline:
+            container.reload()
+            if container.attrs["State"].get("Health", {}).get("Status") == "healthy":
+                break
+            time.sleep(2)
+        assert container.attrs["State"]["Health"]["Status"] == "healthy"
+    except BaseException:
+        sys.stderr.write(container.logs().decode(errors="replace")[-4000:])
+        raise
+    finally:
+        container.remove(force=True)
+        if database:
+            _drop_database(database)
+
+
+def _create_database() -> str:
+    import psycopg
+    from psycopg import sql
+
+    name = f"promote_deploy_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return POSTGRES.rsplit("/", 1)[0] + "/" + name
+
+
+def _drop_database(uri: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                     .format(sql.Identifier(uri.rsplit("/", 1)[1])))
+
+
+def _round_trip_an_artifact(url: str) -> None:
+    """Upload an artifact through the server and read it back (the artifacts are proxied)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=url)
+    experiment = client.create_experiment(f"deploy-image-{uuid.uuid4().hex[:8]}")
+    run = client.create_run(experiment)
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    text = f"central node {uuid.uuid4().hex}"
+    client.log_text(run.info.run_id, text, "note.txt")
+    assert client.download_artifacts(run.info.run_id, "note.txt") and \
+        Path(client.download_artifacts(run.info.run_id, "note.txt")).read_text() == text
+
+
+# -- the whole stack, brought up by testcontainers' compose support -------------------------
+
+
+@cache
+def compose_up_possible() -> str:
+    """'' when `docker compose up` of the stack can work here, else why not."""
+    command, why = compose_command()
+    reasons = []
+    if command != ["docker", "compose"]:
+        reasons.append("testcontainers' compose support needs `docker compose` (v2), and "
+                       + (why or "only Debian's docker-compose (v1) is installed"))
+    pull = obtainable(example_settings()["POSTGRES_IMAGE"])
+    if pull:
+        reasons.append(pull)
+    return "; ".join(reasons)
+
+
+@pytest.mark.mlflow
+def test_the_compose_stack_comes_up_and_runs_the_flow(tmp_path: Path, monkeypatch):
+    why = compose_up_possible()
+    if why:
+        pytest.skip(why)
+    from testcontainers.compose import DockerCompose
+
+    port = free_port()
+    env = env_file(tmp_path, MLFLOW_PUBLISH=str(port), MLFLOW_WORKERS="2",
+                   COMPOSE_PROJECT_NAME=f"promote-test-{uuid.uuid4().hex[:8]}")
+    with DockerCompose(context=str(DEPLOY), compose_file_name="compose.yaml",
+                       env_file=str(env), build=True, wait=True) as stack:
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(url, 240)
+            train_gate_load(Node(url, tmp_path / "none.log", {}), tmp_path, monkeypatch)
+        except BaseException:
+            out, err = stack.get_logs()
+            sys.stderr.write((out + err)[-4000:])
+            raise

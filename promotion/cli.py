@@ -105,7 +105,9 @@ def _crash_log(exc: BaseException) -> str:
         directory, f"promote-crash-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
     )
     text = "".join(traceback.format_exception(exc))
-    with open(path, "w", encoding="utf-8") as f:
+    # Readable by its owner only: a traceback can hold more than the one line printed.
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(redact(text))
     return path
 

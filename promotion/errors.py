@@ -48,9 +48,16 @@ class ConflictError(RegistryError):
     """The alias moved while a decision was being made; nothing was moved."""
 
 
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+# Userinfo runs to the LAST "@" of the URI (a password may itself hold "@" or "/"): greedy on
+# purpose, since hiding a little too much of a URI is better than showing part of a password.
+_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)\S*@")
+_SECRET_PARAMS = re.compile(
+    r"(?P<key>[?&](?:access_token|token|password|passwd|secret|api_key|apikey|sig)=)[^&#\s]+",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
-    """Remove credentials embedded in URIs (scheme://user:pass@host) from text meant for output."""
-    return _USERINFO.sub(r"\g<scheme>***@", text)
+    """Remove credentials from text meant for output: URI userinfo (scheme://user:pass@host) and
+    secret-looking query parameters (?token=...)."""
+    return _SECRET_PARAMS.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))

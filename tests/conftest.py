@@ -88,7 +88,12 @@ def _docker_reachable() -> tuple[bool, str]:
 
 def _plan() -> ServerPlan:
     backend = os.environ.get("PROMOTE_TEST_BACKEND_URI", "")
+    required = os.environ.get("PROMOTE_TEST_REQUIRE") == "testcontainers"
     if os.environ.get("PROMOTE_TEST_TRACKING_URI"):
+        if required:
+            raise pytest.UsageError(
+                "PROMOTE_TEST_REQUIRE=testcontainers but PROMOTE_TEST_TRACKING_URI is set"
+            )
         return ServerPlan("existing", None, backend, False)
     ok, why = _docker_reachable()
     if ok:
@@ -98,7 +103,7 @@ def _plan() -> ServerPlan:
         )
         host = os.environ.get("PROMOTE_TEST_DOCKER_NETWORK") == "host"
         return ServerPlan("testcontainers", image, backend, host)
-    if os.environ.get("PROMOTE_TEST_REQUIRE") == "testcontainers":
+    if required:
         raise pytest.UsageError(
             f"PROMOTE_TEST_REQUIRE=testcontainers but no Docker engine is reachable: {why}"
         )

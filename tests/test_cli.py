@@ -89,6 +89,7 @@ def test_unexpected_error_logs_traceback_and_points_to_it(boom, capsys, tmp_path
     assert len(err) == 1 and "traceback written to" in err[0]
     log = Path(err[0].rsplit(" ", 1)[-1])
     assert log.parent == tmp_path
+    assert log.stat().st_mode & 0o777 == 0o600
     text = log.read_text()
     assert "ZeroDivisionError" in text and "Traceback" in text
     assert "hunter2" not in text and "bob" not in text
@@ -104,7 +105,11 @@ def test_unexpected_error_logs_traceback_and_points_to_it(boom, capsys, tmp_path
         ),
         ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
         ("me@example.com", "me@example.com"),
+        ("http://u:p@ss@h:5000/x", "http://***@h:5000/x"),
+        ("http://u:pa/ss@h", "http://***@h"),
+        ("https://h/api?token=abc123&x=1", "https://h/api?token=***&x=1"),
+        ("https://h/?a=1&Password=hunter2#frag", "https://h/?a=1&Password=***#frag"),
     ],
 )
-def test_redact_removes_userinfo_only(text, expected):
+def test_redact_removes_credentials_only(text, expected):
     assert redact(text) == expected

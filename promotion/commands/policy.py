@@ -67,7 +67,7 @@ def _installed(module: str) -> bool:
 
 @click.group("policy", cls=PolicyGroup)
 def command() -> None:
-    """Validate policies, preview the effect of a policy edit."""
+    """Validate and list policies; preview the effect of a policy edit."""
 
 
 # --------------------------------------------------------------------------------------------

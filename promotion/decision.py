@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Literal
 
 from promotion.facts import EvaluationFacts, Interval, ScoredMetric, VersionFacts
 from promotion.policy import Budget, Margin, MetricRule, Policy
@@ -79,11 +79,11 @@ class Decision:
 
     @property
     def failed(self) -> tuple[RuleResult, ...]:
-        return tuple(r for r in self.rules if not r.passed and not r.inconclusive)
+        return _failed(self.rules)
 
     @property
     def inconclusive_rules(self) -> tuple[RuleResult, ...]:
-        return tuple(r for r in self.rules if r.inconclusive)
+        return _inconclusive(self.rules)
 
     @property
     def summary(self) -> str:
@@ -115,10 +115,17 @@ def decide(policy: Policy, candidate: VersionFacts, production: VersionFacts | N
     return _conclude(policy, candidate.version, prod_version, tuple(rules))
 
 
+def _failed(rules: tuple[RuleResult, ...]) -> tuple[RuleResult, ...]:
+    return tuple(r for r in rules if not r.passed and not r.inconclusive)
+
+
+def _inconclusive(rules: tuple[RuleResult, ...]) -> tuple[RuleResult, ...]:
+    return tuple(r for r in rules if r.inconclusive)
+
+
 def _conclude(policy: Policy, candidate_version: str, production_version: str | None,
               rules: tuple[RuleResult, ...]) -> Decision:
-    failed = [r for r in rules if not r.passed and not r.inconclusive]
-    unsure = [r for r in rules if r.inconclusive]
+    failed, unsure = _failed(rules), _inconclusive(rules)
     outcome: Outcome
     if failed:
         outcome = "rejected"
@@ -285,22 +292,22 @@ def _significance(point: RuleResult, rule: MetricRule, kind: str, amount: float)
     """The point estimate passed; the rule must also hold at the interval's confidence bound."""
     interval = point.interval
     if interval is None:
-        return _replace(point, passed=False,
-                        reason="no confidence interval in the evaluation results: cannot test "
-                               "significance")
+        return replace(point, passed=False,
+                       reason="no confidence interval in the evaluation results: cannot test "
+                              "significance")
     if not (math.isfinite(interval.low) and math.isfinite(interval.high)):
-        return _replace(point, passed=False,
-                        reason=f"confidence interval [{interval.low}, {interval.high}] not finite")
+        return replace(point, passed=False,
+                       reason=f"confidence interval [{interval.low}, {interval.high}] not finite")
     # Improvement is -d for minimize and d for maximize (d = candidate - production); its worst
     # case at the confidence bound is -high or low respectively.
     worst = -interval.high if rule.goal == "minimize" else interval.low
     need = amount if kind == "min_improvement" else -amount
     level = f"{interval.confidence * 100:g}%"
     if _at_least(worst, need):
-        return _replace(point, reason=f"{point.reason}; holds at {level} confidence "
-                                      f"(worst-case improvement {_n(worst)} >= {_n(need)})")
-    return _replace(point, passed=False, inconclusive=True,
-                    reason=f"point estimate passes ({point.reason}) but not at {level} confidence "
+        return replace(point, reason=f"{point.reason}; holds at {level} confidence "
+                                     f"(worst-case improvement {_n(worst)} >= {_n(need)})")
+    return replace(point, passed=False, inconclusive=True,
+                   reason=f"point estimate passes ({point.reason}) but not at {level} confidence "
                            f"(worst-case improvement {_n(worst)} < {_n(need)})")
 
 
@@ -367,7 +374,3 @@ def _at_most(value: float, bound: float) -> bool:
 
 def _n(value: float) -> str:
     return f"{value:.6g}"
-
-
-def _replace(result: RuleResult, **changes: Any) -> RuleResult:
-    return replace(result, **changes)

@@ -10,10 +10,10 @@ Applying a pass, in this order (each step one or a few registry writes):
   6. tag the candidate `promoted`, close the record (report JSON/Markdown, chart).
 
 A crash after step 2 leaves `pending` on the candidate, which `promote status` shows. The next gate
-resolves it from where the alias actually points: if the alias points at a `pending` version, step
-5 happened, so it completes the record as `promoted`; if not, nothing moved, and gating that
-version again decides it afresh. A rejection writes the record (run + tags) and moves nothing. A dry
-run writes nothing at all.
+resolves it from where the alias actually points: if the alias points at a version left `pending`
+by a gate of that same alias (its `promotion.alias` tag), step 5 happened, so it completes the
+record as `promoted`; if not, nothing moved, and gating that version again decides it afresh. A
+rejection writes the record (run + tags) and moves nothing. A dry run writes nothing at all.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from promotion.clientlib import connect, describe_uri
 from promotion.decision import Decision, decide
 from promotion.errors import ConflictError, ExitCode, InvalidInput, RegistryError
 from promotion.facts import EvaluationFacts, VersionFacts
-from promotion.policy import DEFAULT_ALIAS, Candidate, Policy
+from promotion.policy import DEFAULT_ALIAS, Candidate, Policy, previous_alias
 from promotion.record import Entry, Trigger
 
 if TYPE_CHECKING:
@@ -107,7 +107,7 @@ def run_gate(policy: Policy, *, tracking_uri: str | None = None,
     cand, prod = facts[0], (facts[1] if len(facts) > 1 else None)
 
     resolved = None
-    if prod is not None and prod.tags.get(record.DECISION) == "pending":
+    if prod is not None and _pending_for(prod, alias):
         resolved = (f"version {prod.version} was left pending by an interrupted gate; "
                     f"@{alias} points at it, so it "
                     f"{'would be' if dry_run else 'is'} recorded as promoted")
@@ -179,7 +179,7 @@ def _apply(client: MlflowClient, result: GateResult) -> GateResult:
         raise GateConflict(result)
 
     if displaced is not None:
-        registry.set_alias(client, model, result.policy.previous_alias, displaced)
+        registry.set_alias(client, model, previous_alias(alias), displaced)
     registry.set_alias(client, model, alias, version)
     registry.set_tags(client, model, version, {record.DECISION: "promoted"})
     result = replace(result, applied=True)
@@ -206,6 +206,13 @@ def _close(client: MlflowClient, run: record.RecordRun, result: GateResult, entr
                      chart=rows, chart_title=f"{result.policy.model}: version "
                                              f"{result.candidate_version} vs "
                                              f"{_v(result.production_version)}")
+
+
+def _pending_for(version: VersionFacts, alias: str) -> bool:
+    """The version is marked pending by a gate of `alias` (a record without an alias tag guarded
+    the default alias, as read_status reads it)."""
+    return (version.tags.get(record.DECISION) == "pending"
+            and version.tags.get(record.ALIAS, DEFAULT_ALIAS) == alias)
 
 
 def _complete_interrupted(client: MlflowClient, prod: VersionFacts) -> None:
@@ -237,11 +244,23 @@ class RollbackResult:
 
     @property
     def previous_alias(self) -> str:
-        return f"{self.alias}-previous"
+        return previous_alias(self.alias)
 
     @property
     def return_code(self) -> int:
         return int(ExitCode.OK)
+
+
+class RollbackConflict(ConflictError):
+    """An alias moved between the rollback's read and its writes; nothing was moved."""
+
+    def __init__(self, planned: RollbackResult, now: tuple[str | None, str | None]) -> None:
+        self.result = planned
+        self.now = now
+        super().__init__(
+            f"@{planned.alias} or @{planned.previous_alias} of model {planned.model!r} moved "
+            f"while rolling back (they pointed at {_v(planned.displaced_version)} and version "
+            f"{planned.restored_version}, now {_v(now[0])} and {_v(now[1])}); nothing was moved")
 
 
 def run_rollback(model: str, alias: str = DEFAULT_ALIAS, *, tracking_uri: str | None = None,
@@ -249,37 +268,67 @@ def run_rollback(model: str, alias: str = DEFAULT_ALIAS, *, tracking_uri: str | 
     """Point `alias` back at `<alias>-previous`, and `<alias>-previous` at what it displaced.
 
     Rolling back a rollback therefore flips them again. Exit 2 when there is nothing to roll
-    back to.
+    back to; exit 3 (RollbackConflict) when either alias moves between the read and the writes.
     """
     client = connect(tracking_uri)
-    previous_alias = f"{alias}-previous"
+    planned = plan_rollback(client, model, alias, tracking_uri=tracking_uri, dry_run=dry_run)
+    if dry_run:
+        return planned
+    return apply_rollback(client, planned)
+
+
+def _rollback_aliases(client: MlflowClient, model: str,
+                      alias: str) -> tuple[str | None, str | None]:
     current, previous = registry.parallel([
         partial(registry.alias_version, client, model, alias),
-        partial(registry.alias_version, client, model, previous_alias),
+        partial(registry.alias_version, client, model, previous_alias(alias)),
     ])
-    if previous is None:
-        raise InvalidInput(f"nothing to roll back to: model {model!r} has no alias "
-                           f"@{previous_alias}")
-    if previous == current:
-        raise InvalidInput(f"nothing to roll back: @{alias} and @{previous_alias} of model "
-                           f"{model!r} both point at version {current}")
-    result = RollbackResult(model=model, alias=alias, restored_version=previous,
-                            displaced_version=current, dry_run=dry_run,
-                            decided_at=record.utc_now(), trigger=Trigger.from_env(),
-                            tracking_uri=describe_uri(tracking_uri))
-    if dry_run:
-        return result
+    return current, previous
 
+
+def plan_rollback(client: MlflowClient, model: str, alias: str = DEFAULT_ALIAS, *,
+                  tracking_uri: str | None = None, dry_run: bool = False) -> RollbackResult:
+    """Read both aliases and say what a rollback would move; writes nothing."""
+    current, previous = _rollback_aliases(client, model, alias)
+    kept = previous_alias(alias)
+    if previous is None:
+        raise InvalidInput(f"nothing to roll back to: model {model!r} has no alias @{kept}")
+    if previous == current:
+        raise InvalidInput(f"nothing to roll back: @{alias} and @{kept} of model "
+                           f"{model!r} both point at version {current}")
+    return RollbackResult(model=model, alias=alias, restored_version=previous,
+                          displaced_version=current, dry_run=dry_run,
+                          decided_at=record.utc_now(), trigger=Trigger.from_env(),
+                          tracking_uri=describe_uri(tracking_uri))
+
+
+def apply_rollback(client: MlflowClient, planned: RollbackResult) -> RollbackResult:
+    """Carry out a plan: open the record, re-read both aliases, then move them and tag.
+
+    If either alias no longer points where the plan read it, the record is closed as `conflict`
+    and RollbackConflict (exit 3) is raised before anything moves. The alias is written before
+    `<alias>-previous`: a crash between the two leaves both on the restored version, which the
+    alias was meant to reach; the next rollback then stops with "nothing to roll back" (exit 2).
+    """
+    model, alias, kept = planned.model, planned.alias, planned.previous_alias
+    previous, current = planned.restored_version, planned.displaced_version
     reason = f"rollback: @{alias} moved back from {_v(current)} to version {previous}"
     entry = Entry(kind="rollback", model=model, alias=alias, outcome="rollback",
-                  candidate_version=previous, compared_to=current, decided_at=result.decided_at,
-                  reason=reason, triggered_by=result.trigger.describe())
-    run = record.open_run(client, entry, result.trigger)
+                  candidate_version=previous, compared_to=current, decided_at=planned.decided_at,
+                  reason=reason, triggered_by=planned.trigger.describe())
+    run = record.open_run(client, entry, planned.trigger)
     run_id = run.run_id
-    result = replace(result, record_run_id=run_id)
+    result = replace(planned, record_run_id=run_id)
+
+    now = _rollback_aliases(client, model, alias)
+    if now != (current, previous):
+        conflict = RollbackConflict(result, now)
+        record.set_run_outcome(client, run_id, "conflict", str(conflict))
+        raise conflict
+
     registry.set_alias(client, model, alias, previous)
     if current is not None:
-        registry.set_alias(client, model, previous_alias, current)
+        registry.set_alias(client, model, kept, current)
     result = replace(result, applied=True)
 
     restored = {record.DECISION: "restored", **entry.version_tags(result.trigger, run_id)}

@@ -17,6 +17,11 @@ WhenNoProduction = Literal["promote", "reject"]
 DEFAULT_ALIAS = "Production"
 
 
+def previous_alias(alias: str) -> str:
+    """Where the version displaced from `alias` is kept for rollback."""
+    return f"{alias}-previous"
+
+
 @dataclass(frozen=True)
 class Margin:
     """A margin against Production: absolute (`0.02`) or relative (`1%` -> value=0.01, relative)."""
@@ -116,4 +121,4 @@ class Policy:
     @property
     def previous_alias(self) -> str:
         """Where the displaced version is kept for rollback."""
-        return f"{self.alias}-previous"
+        return previous_alias(self.alias)

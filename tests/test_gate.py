@@ -386,6 +386,19 @@ def test_interrupted_before_the_alias_moved_is_redecided(client, model_name, pro
     assert decision_tag(client, model_name, candidate) == "promoted"
 
 
+def test_pending_for_another_alias_is_not_resolved_by_this_alias(client, model_name):
+    # Left pending by an interrupted gate of @Staging; @Production was then set to it directly.
+    held = add_version(client, model_name, {"rmse": 0.5},
+                       tags={record.DECISION: "pending", record.ALIAS: "Staging"})
+    client.set_registered_model_alias(model_name, "Production", held)
+    later = add_version(client, model_name, {"rmse": 0.6})
+    result = run_gate(rmse_policy(model_name))
+    assert result.outcome == "rejected" and result.candidate_version == later
+    assert result.resolved is None
+    tags = client.get_model_version(model_name, held).tags
+    assert tags[record.DECISION] == "pending" and record.RESOLVED not in tags
+
+
 # -- outputs ---------------------------------------------------------------------------------
 
 

@@ -40,6 +40,15 @@ def test_four_gates_racing_on_one_model(tracking_uri, client, model_name, tmp_pa
         expected = {0: "promoted", 1: "rejected", 3: "conflict"}[code]
         assert tags[record.DECISION] == expected, (version, out, err)
         assert client.get_run(tags[record.RECORD_RUN]).data.tags[record.OUTCOME] == expected
-    # The version kept for rollback is one that held Production.
+    # Each gate that passed its re-read writes `Production-previous` = the version it displaced
+    # (its `compared_to` tag), then the alias. With no compare-and-set, two gates can both pass
+    # the re-read and interleave those writes, so `Production-previous` is guaranteed to be the
+    # `compared_to` of SOME promoted version, and of the final one when only one gate promoted.
+    promoted = [v for v, code in zip(candidates, codes, strict=True) if code == 0]
+    assert final in promoted
+    compared = {v: client.get_model_version(model_name, v).tags[record.COMPARED_TO]
+                for v in promoted}
     previous = aliases(client, model_name).get("Production-previous")
-    assert previous in [v1, *candidates]
+    assert previous in compared.values(), (previous, compared)
+    if len(promoted) == 1:
+        assert previous == compared[final], (previous, compared)

@@ -9,8 +9,9 @@ from helpers import add_version, aliases, decision_tag, rmse_policy, snapshot
 
 from promotion import record
 from promotion.cli import run
-from promotion.errors import ExitCode
-from promotion.gate import run_gate
+from promotion.clientlib import connect
+from promotion.errors import ConflictError, ExitCode
+from promotion.gate import apply_rollback, plan_rollback, run_gate
 
 pytestmark = pytest.mark.mlflow
 
@@ -58,6 +59,29 @@ def test_rollback_dry_run_writes_nothing(promoted_twice, client, model_name, cap
     assert code == 0
     assert out.startswith("DRY RUN: would move @Production -> version 1")
     assert snapshot(client, model_name) == before
+
+
+def test_alias_moved_after_the_plan_is_a_conflict(promoted_twice, tracking_uri, client,
+                                                  model_name):
+    planned = plan_rollback(connect(tracking_uri), model_name)
+    assert (planned.restored_version, planned.displaced_version) == ("1", "2")
+    # Another writer moves the alias between the rollback's read and its writes.
+    other = add_version(client, model_name, {"rmse": 0.3})
+    client.set_registered_model_alias(model_name, "Production", other)
+    before = snapshot(client, model_name)
+    with pytest.raises(ConflictError) as raised:
+        apply_rollback(connect(tracking_uri), planned)
+    assert raised.value.exit_code == ExitCode.REGISTRY
+    assert "moved while rolling back" in str(raised.value)
+    assert "nothing was moved" in str(raised.value)
+    after = snapshot(client, model_name)
+    # Neither alias nor any version tag was written; only the record of the attempt was added.
+    assert (after["aliases"], after["versions"]) == (before["aliases"], before["versions"])
+    assert aliases(client, model_name) == {"Production": other, "Production-previous": "1"}
+    rollbacks = list(set(after["decisions"]) - set(before["decisions"]))
+    assert len(rollbacks) == 1
+    tags = dict(rollbacks[0][2])
+    assert (tags[record.KIND], tags[record.OUTCOME]) == ("rollback", "conflict")
 
 
 def test_nothing_to_roll_back_to_is_invalid_input(tracking_uri, client, model_name, capsys):

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from promotion.commands.train import tracking_uri_option
+from promotion.commands import tracking_uri
 from promotion.demo import DEFAULT_CANDIDATES, DEFAULT_POLICIES
 
 
@@ -32,7 +32,7 @@ def command(candidates: str, policies: str, model_name: str | None, rows: int, d
     """
     from promotion.demo import run_demo
 
-    result = run_demo(tracking_uri=tracking_uri_option(), candidates=candidates,
+    result = run_demo(tracking_uri=tracking_uri(), candidates=candidates,
                       policies=policies, model_name=model_name, rows=rows, details=details,
                       say=(lambda _line: None) if as_json else click.echo)
     if as_json:

@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import click
 
-from promotion.cli import Context
-
-
-def current_tracking_uri() -> str | None:
-    ctx = click.get_current_context().find_object(Context)
-    return ctx.tracking_uri if ctx is not None else None
+from promotion.commands import tracking_uri
 
 
 @click.command("gate")
 @click.argument("policy_path", metavar="POLICY", type=click.Path(path_type=str))
 @click.option("--candidate", metavar="VERSION|latest|@ALIAS",
               help="The version to gate; overrides the policy's `candidate`.")
-@click.option("--dry-run", is_flag=True, help="Decide and report; write nothing at all.")
+@click.option("--dry-run", is_flag=True, help="Decide and report; writes nothing to the registry.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the decision as JSON (schema_version 1, see docs/gate.md).")
 def command(policy_path: str, candidate: str | None, dry_run: bool, as_json: bool) -> object:
@@ -40,7 +35,7 @@ def command(policy_path: str, candidate: str | None, dry_run: bool, as_json: boo
             raise click.BadParameter(str(exc), param_hint="--candidate") from exc
     policy = load_policy(policy_path)
     try:
-        result = run_gate(policy, tracking_uri=current_tracking_uri(), candidate=selector,
+        result = run_gate(policy, tracking_uri=tracking_uri(), candidate=selector,
                           dry_run=dry_run)
     except GateConflict as conflict:
         result = conflict.result

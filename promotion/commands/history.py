@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from promotion.commands.gate import current_tracking_uri
+from promotion.commands import tracking_uri
 
 
 @click.command("history")
@@ -18,6 +18,6 @@ def command(model: str, limit: int, as_json: bool) -> object:
     from promotion.gate import read_history
     from promotion.report import dumps, history_json, history_table
 
-    history = read_history(model, tracking_uri=current_tracking_uri(), limit=limit)
+    history = read_history(model, tracking_uri=tracking_uri(), limit=limit)
     click.echo(dumps(history_json(history)) if as_json else history_table(history))
     return history

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from promotion.cli import Context
+from promotion.commands import tracking_uri
 from promotion.errors import InvalidInput
 from promotion.policy import Policy
 from promotion.preview import DEFAULT_LAST, MAX_LAST, RENDERERS, Preview
@@ -42,8 +42,7 @@ def command(base_path: str, head_path: str, last: int, output_format: str,
     head = load_policy(head_path)
     label = base_label or base_path
     base = None if not os.path.exists(base_path) else load_base(base_path, label, head_path)
-    ctx = click.get_current_context().find_object(Context)
-    result = preview(head, base, tracking_uri=ctx.tracking_uri if ctx else None, last=last,
+    result = preview(head, base, tracking_uri=tracking_uri(), last=last,
                      base_label=label, base_missing=base is None)
     click.echo(RENDERERS[output_format](result))
     return result

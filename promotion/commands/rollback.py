@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from promotion.commands.gate import current_tracking_uri
+from promotion.commands import tracking_uri
 from promotion.policy import DEFAULT_ALIAS
 
 
@@ -21,6 +21,6 @@ def command(model: str, alias: str, dry_run: bool, as_json: bool) -> object:
     from promotion.gate import run_rollback
     from promotion.report import rollback_text, to_json_text
 
-    result = run_rollback(model, alias, tracking_uri=current_tracking_uri(), dry_run=dry_run)
+    result = run_rollback(model, alias, tracking_uri=tracking_uri(), dry_run=dry_run)
     click.echo(to_json_text(result) if as_json else rollback_text(result), nl=not as_json)
     return result

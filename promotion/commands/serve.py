@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import click
 
+from promotion.commands import tracking_uri
 from promotion.errors import ExitCode, InvalidInput
 from promotion.policy import DEFAULT_ALIAS
 
@@ -173,8 +174,7 @@ def _configure_logging() -> None:
               help="Close idle client connections after this long.")
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
               help="Log every request (the /metrics endpoint already counts them).")
-@click.pass_obj
-def command(ctx: object, model: str, alias: str, host: str, port: int, poll_interval: float,
+def command(model: str, alias: str, host: str, port: int, poll_interval: float,
             max_body_bytes: int, request_timeout: float, scoring_threads: int,
             keep_alive: int, access_log: bool) -> ServeResult:
     """Serve models:/MODEL@ALIAS over HTTP, following the alias as it moves.
@@ -203,4 +203,4 @@ def command(ctx: object, model: str, alias: str, host: str, port: int, poll_inte
                            request_timeout=request_timeout, scoring_threads=scoring_threads,
                            keep_alive=keep_alive,
                            access_log=access_log)
-    return serve(options, getattr(ctx, "tracking_uri", None))
+    return serve(options, tracking_uri())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from promotion.commands.gate import current_tracking_uri
+from promotion.commands import tracking_uri
 
 
 @click.command("status")
@@ -15,6 +15,6 @@ def command(model: str, as_json: bool) -> object:
     from promotion.gate import read_status
     from promotion.report import dumps, status_json, status_table
 
-    status = read_status(model, tracking_uri=current_tracking_uri())
+    status = read_status(model, tracking_uri=tracking_uri())
     click.echo(dumps(status_json(status)) if as_json else status_table(status))
     return status

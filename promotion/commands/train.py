@@ -7,16 +7,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from promotion.cli import Context
+from promotion.commands import tracking_uri
 
 if TYPE_CHECKING:
     from promotion.training import TrainResult
-
-
-def tracking_uri_option() -> str | None:
-    """The group's --tracking-uri (or MLFLOW_TRACKING_URI); None lets MLflow pick its default."""
-    ctx = click.get_current_context().find_object(Context)
-    return ctx.tracking_uri if ctx is not None else None
 
 
 @click.command(name="train")
@@ -37,7 +31,7 @@ def command(configs: tuple[str, ...], model_name: str | None, as_json: bool) -> 
         if not as_json:
             click.echo("\n".join(result.lines()))
 
-    report = train_candidates(configs, tracking_uri=tracking_uri_option(), model_name=model_name,
+    report = train_candidates(configs, tracking_uri=tracking_uri(), model_name=model_name,
                               progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))

@@ -7,6 +7,7 @@ calls sys.exit. Outcomes that are not failures (a rejection by policy) are resul
 
 from __future__ import annotations
 
+import logging
 import re
 from enum import IntEnum
 
@@ -61,3 +62,10 @@ def redact(text: str) -> str:
     """Remove credentials from text meant for output: URI userinfo (scheme://user:pass@host) and
     secret-looking query parameters (?token=...)."""
     return _SECRET_PARAMS.sub(r"\g<key>***", _USERINFO.sub(r"\g<scheme>***@", text))
+
+
+class RedactingFormatter(logging.Formatter):
+    """A log formatter that passes every line, tracebacks included, through `redact`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))

@@ -113,3 +113,20 @@ def test_unexpected_error_logs_traceback_and_points_to_it(boom, capsys, tmp_path
 )
 def test_redact_removes_credentials_only(text, expected):
     assert redact(text) == expected
+
+
+def test_redacting_formatter_covers_messages_and_tracebacks():
+    import logging
+    import sys
+
+    from promotion.errors import RedactingFormatter
+
+    try:
+        raise RuntimeError("cannot load from http://alice:pw@127.0.0.1:9/x")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "loading https://bob:tok@h failed",
+                               None, exc_info)
+    text = RedactingFormatter("%(message)s").format(record)
+    assert "https://***@h" in text and "http://***@127.0.0.1:9/x" in text
+    assert "alice" not in text and "bob" not in text and ":pw@" not in text

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import click
 
 from promotion.commands import tracking_uri
-from promotion.errors import ExitCode, InvalidInput
+from promotion.errors import ExitCode, InvalidInput, RedactingFormatter
 from promotion.policy import DEFAULT_ALIAS
 
 DEFAULT_HOST = "127.0.0.1"
@@ -143,8 +143,10 @@ def _sigterm_is_a_clean_stop() -> Iterator[None]:
 
 
 def _configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Every line goes through `redact`: a load failure's traceback can quote a URI.
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     # MLflow's own INFO chatter (artifact downloads) drowns the endpoint's log.
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 

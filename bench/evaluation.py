@@ -67,10 +67,10 @@ def run(tmp: Path, rows: int, resamples: int) -> int:
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.linear_model import Ridge
 
-    from promotion.bootstrap import METRICS
+    from promotion.engine.facts import VersionFacts
     from promotion.evaluation import EvaluationSet, LoadedVersion, rescore
-    from promotion.facts import VersionFacts
-    from promotion.policy import Evaluation, Margin, MetricRule, Policy
+    from promotion.evaluation.bootstrap import METRICS
+    from promotion.policy.model import Evaluation, Margin, MetricRule, Policy
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
     mlflow.set_experiment("bench-evaluation")

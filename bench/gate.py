@@ -120,14 +120,13 @@ def interleaved(counter: RequestCounter, steps: dict[tuple[int, str], Callable[[
 
 
 def bench(uri: str, runs: int) -> None:
-    from mlflow import MlflowClient
-
-    from promotion.decision import decide
+    from promotion.engine.decision import decide
     from promotion.gate import run_gate
-    from promotion.policy import Candidate, Margin, MetricRule, Policy
+    from promotion.policy.model import Candidate, Margin, MetricRule, Policy
+    from promotion.registry.client import connect
 
     counter = RequestCounter()
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client = connect(uri)
     tag = uuid.uuid4().hex[:8]
 
     def policy(model: str, rule: MetricRule) -> Policy:
@@ -144,14 +143,14 @@ def bench(uri: str, runs: int) -> None:
 
     steps: dict[tuple[int, str], Callable[[], object]] = {}
     for size, model in models.items():
-        steps[(size, "decision")] = partial(run_gate, policy(model, better), tracking_uri=uri,
+        steps[(size, "decision")] = partial(run_gate, client, policy(model, better),
                                             dry_run=True)
         if size > 1:
-            steps[(size, "rejected")] = partial(run_gate, policy(model, better), tracking_uri=uri)
+            steps[(size, "rejected")] = partial(run_gate, client, policy(model, better))
             # Alternate two candidates that are never worse: every run moves the alias.
             flip = itertools.cycle(["2", "3"])
             steps[(size, "promoted")] = lambda m=model, f=flip: run_gate(
-                policy(m, not_worse), tracking_uri=uri, candidate=Candidate.parse(next(f)))
+                client, policy(m, not_worse), candidate=Candidate.parse(next(f)))
     results = interleaved(counter, steps, runs)
 
     print(f"\nserver {uri}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
@@ -166,7 +165,7 @@ def bench(uri: str, runs: int) -> None:
 
     first, last = results[(SIZES[0], "decision")][0], results[(SIZES[-1], "decision")][0]
     ratio = last / first
-    facts = run_gate(policy(models[SIZES[-1]], better), tracking_uri=uri, dry_run=True)
+    facts = run_gate(client, policy(models[SIZES[-1]], better), dry_run=True)
     n = 2000
     t0 = time.perf_counter()
     for _ in range(n):

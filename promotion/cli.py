@@ -14,12 +14,12 @@ import tempfile
 import time
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import click
 
 from promotion import DISTRIBUTION
+from promotion.commands import Context
 from promotion.errors import ExitCode, FatalError, redact
 
 # name -> (module, one-line help). The help is static so listing commands imports nothing.
@@ -51,13 +51,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "Serve models:/MODEL@ALIAS over HTTP, following the alias as it moves.",
     ),
 }
-
-
-@dataclass
-class Context:
-    """What the group's options give every subcommand (click's ctx.obj)."""
-
-    tracking_uri: str | None
 
 
 class LazyGroup(click.Group):

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from promotion.policy import Margin, MetricRule, Policy
+from promotion.policy.model import Margin, MetricRule, Policy
 
 REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "promote-test-candidates"
@@ -113,7 +113,7 @@ def decision_tag(client, model: str, version: str) -> str | None:
 
 def snapshot(client, model: str) -> dict[str, Any]:
     """Everything a gate could write for `model`: aliases, version tags, runs, decision runs."""
-    from promotion import record
+    from promotion.engine import records as record
 
     rm = client.get_registered_model(model)
     versions = client.search_model_versions(f"name = '{model}'")

@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn import metrics as skm
 
-from promotion import bootstrap
-from promotion.bootstrap import METRICS, MeanStatistic, Outputs
+from promotion.evaluation import bootstrap
+from promotion.evaluation.bootstrap import METRICS, MeanStatistic, Outputs
 
 
 def _regression(n: int = 300, seed: int = 1) -> tuple[np.ndarray, Outputs]:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from promotion.chart import ChartRow, render_chart
+from promotion.report.chart import ChartRow, render_chart
 
 ROWS = [
     ChartRow("rmse", -4.2, -6.1, -2.3, 0.0, "minimize"),  # clears: whole interval below 0
@@ -64,13 +64,13 @@ def test_undefined_intervals_and_no_rows_still_draw(tmp_path):
 
 
 def test_importing_the_chart_module_draws_in_nothing_heavy():
-    code = ("import sys, promotion.chart; "
+    code = ("import sys, promotion.report.chart; "
             "print(sorted(m for m in ('matplotlib', 'mlflow', 'pandas') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_a_negated_zero_margin_is_labelled_zero():
-    from promotion.chart import _num
+    from promotion.report.chart import _num
 
     assert (_num(-0.0), _num(0.0), _num(-0.02), _num(float("nan"))) == ("0", "0", "-0.02", "n/a")

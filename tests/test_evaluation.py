@@ -19,12 +19,13 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from promotion.decision import decide
+from promotion.engine.decision import decide
+from promotion.engine.facts import VersionFacts
 from promotion.errors import ExitCode, InvalidInput, RegistryError
 from promotion.evaluation import evaluate, frame_sha256, load_evaluation_set
-from promotion.facts import VersionFacts
-from promotion.policies import load_policy
-from promotion.policy import Policy
+from promotion.policy.load import load_policy
+from promotion.policy.model import Policy
+from promotion.registry.client import connect
 
 REPO = Path(__file__).resolve().parent.parent
 PINNED = REPO / "policies" / "data" / "diabetes-eval.csv"
@@ -143,7 +144,7 @@ def _artifact_bytes(mlflow, uri: str) -> int:
 def test_a_clearly_better_model_is_promoted_with_a_significant_interval(tracking_uri, diabetes):
     policy = _policy("fair-regression.yaml", diabetes.name)
     cand, prod = diabetes.facts("forest"), diabetes.facts("constant")
-    facts = evaluate(policy, cand, prod)
+    facts = evaluate(connect(None), policy, cand, prod)
 
     _, x_test, _, y_test = _diabetes_split()
     forest = _predictions(diabetes, "forest", x_test)
@@ -167,7 +168,7 @@ def test_a_clearly_better_model_is_promoted_with_a_significant_interval(tracking
 def test_a_difference_within_the_noise_is_inconclusive(tracking_uri, diabetes):
     policy = _policy("fair-regression.yaml", diabetes.name)
     cand, prod = diabetes.facts("ridge"), diabetes.facts("linear")
-    facts = evaluate(policy, cand, prod)
+    facts = evaluate(connect(None), policy, cand, prod)
 
     rmse = facts.metrics["rmse"]
     point = rmse.candidate - rmse.production
@@ -183,7 +184,7 @@ def test_a_difference_within_the_noise_is_inconclusive(tracking_uri, diabetes):
 def test_a_worse_model_is_rejected(tracking_uri, diabetes):
     policy = _policy("fair-regression.yaml", diabetes.name)
     cand, prod = diabetes.facts("constant"), diabetes.facts("forest")
-    facts = evaluate(policy, cand, prod)
+    facts = evaluate(connect(None), policy, cand, prod)
 
     assert facts.metrics["rmse"].difference.low > 0
     decision = decide(policy, cand, prod, facts)
@@ -198,7 +199,7 @@ def test_latency_and_size_budgets_are_measured_and_a_breach_rejects(tracking_uri
 
     policy = _policy("budgets.yaml", diabetes.name)
     cand, prod = diabetes.facts("forest"), diabetes.facts("linear")
-    facts = evaluate(policy, cand, prod)
+    facts = evaluate(connect(None), policy, cand, prod)
 
     latency, size = facts.budgets["latency_p95_ms"], facts.budgets["size_mb"]
     # A 100-tree forest predicts 100 rows many times slower than a linear model.
@@ -221,7 +222,7 @@ def test_a_classifier_is_rescored_on_a_seeded_sklearn_holdout(tracking_uri, canc
 
     policy = _policy("fair-classifier.yaml", cancer.name)
     cand, prod = cancer.facts("logistic"), cancer.facts("prior")
-    facts = evaluate(policy, cand, prod)
+    facts = evaluate(connect(None), policy, cand, prod)
 
     x, y = load_breast_cancer(return_X_y=True, as_frame=True)
     _, x_test, _, y_test = train_test_split(x, y, test_size=0.25, random_state=0)
@@ -246,7 +247,7 @@ def test_a_classifier_is_rescored_on_a_seeded_sklearn_holdout(tracking_uri, canc
 @pytest.mark.mlflow
 def test_without_production_only_the_candidate_is_scored(tracking_uri, diabetes):
     policy = _policy("budgets.yaml", diabetes.name)
-    facts = evaluate(policy, diabetes.facts("linear"), None)
+    facts = evaluate(connect(None), policy, diabetes.facts("linear"), None)
     assert facts.metrics["rmse"].production is None
     assert facts.metrics["rmse"].difference is None
     assert facts.metrics["rmse"].candidate > 0
@@ -263,15 +264,15 @@ def test_the_fingerprint_is_the_files_sha256_and_follows_its_content(tracking_ur
                                                                     tmp_path):
     policy = _policy("fair-regression.yaml", diabetes.name)
     cand, prod = diabetes.facts("forest"), diabetes.facts("constant")
-    pinned = evaluate(policy, cand, prod)
+    pinned = evaluate(connect(None), policy, cand, prod)
     assert pinned.data_sha256 == hashlib.sha256(PINNED.read_bytes()).hexdigest()
 
     changed = tmp_path / "diabetes-eval.csv"
     frame = pd.read_csv(PINNED)
     frame.loc[0, "target"] += 40  # one label edited
     frame.to_csv(changed, index=False)
-    edited = evaluate(_policy("fair-regression.yaml", diabetes.name, data=str(changed)),
-                      cand, prod)
+    edited = evaluate(connect(None),
+                      _policy("fair-regression.yaml", diabetes.name, data=str(changed)), cand, prod)
     assert edited.data_sha256 == hashlib.sha256(changed.read_bytes()).hexdigest()
     assert edited.data_sha256 != pinned.data_sha256
     assert edited.metrics["rmse"].candidate != pinned.metrics["rmse"].candidate
@@ -322,7 +323,7 @@ def _write_policy(tmp_path: Path, data: Path, target: str = "target",
 
 def _fails(policy: Policy, *fragments: str) -> str:
     with pytest.raises(InvalidInput) as info:
-        evaluate(policy, NOWHERE_MODEL, NOWHERE_MODEL)
+        evaluate(connect(None), policy, NOWHERE_MODEL, NOWHERE_MODEL)
     assert info.value.exit_code == ExitCode.INVALID_INPUT
     message = str(info.value)
     for fragment in fragments:
@@ -383,7 +384,7 @@ def test_regression_and_classification_metrics_cannot_share_a_set(tmp_path):
 def test_an_unreachable_registry_is_a_registry_error_not_bad_input():
     policy = _policy("fair-regression.yaml", "never-registered")
     with pytest.raises(RegistryError) as info:
-        evaluate(policy, NOWHERE_MODEL, None)
+        evaluate(connect(None), policy, NOWHERE_MODEL, None)
     assert info.value.exit_code == ExitCode.REGISTRY
 
 
@@ -396,7 +397,7 @@ def test_a_model_that_cannot_predict_the_columns_is_refused(tracking_uri, diabet
     pd.read_csv(PINNED).rename(columns={"bmi": "body_mass_index"}).to_csv(data, index=False)
     policy = dataclasses.replace(_write_policy(tmp_path, data), model=diabetes.name)
     with pytest.raises(InvalidInput) as info:
-        evaluate(policy, diabetes.facts("forest"), diabetes.facts("constant"))
+        evaluate(connect(None), policy, diabetes.facts("forest"), diabetes.facts("constant"))
     message = str(info.value)
     assert f"evaluation.data: version {diabetes.versions['forest']} of '{diabetes.name}' " \
            "cannot predict the columns of" in message
@@ -415,7 +416,7 @@ def test_a_regressor_cannot_be_scored_as_a_classifier(tracking_uri, diabetes, tm
     policy = dataclasses.replace(_write_policy(tmp_path, data, metrics=metric),
                                  model=diabetes.name)
     with pytest.raises(InvalidInput, match=fragment):
-        evaluate(policy, diabetes.facts("linear"), diabetes.facts("constant"))
+        evaluate(connect(None), policy, diabetes.facts("linear"), diabetes.facts("constant"))
 
 
 @pytest.mark.mlflow
@@ -427,7 +428,7 @@ def test_a_classifier_cannot_be_scored_with_a_regression_metric(tracking_uri, ca
     policy = dataclasses.replace(_write_policy(tmp_path, data, metrics="rmse"), model=cancer.name)
     with pytest.raises(InvalidInput, match=r"rmse is a regression metric but version .* is a "
                                            r"classifier"):
-        evaluate(policy, cancer.facts("logistic"), None)
+        evaluate(connect(None), policy, cancer.facts("logistic"), None)
 
 
 def test_importing_evaluation_stays_cheap():
@@ -455,4 +456,4 @@ def test_labels_of_another_kind_than_the_models_classes_are_refused(tracking_uri
                                  model=cancer.name)
     with pytest.raises(InvalidInput, match=r"evaluation\.target: none of the target's labels is "
                                            r"a class of version .*model: 0, 1\)"):
-        evaluate(policy, cancer.facts("logistic"), None)
+        evaluate(connect(None), policy, cancer.facts("logistic"), None)

@@ -16,11 +16,13 @@ from helpers import (
     write_policy,
 )
 
-from promotion import record, registry
+from promotion import registry
 from promotion.cli import run
+from promotion.engine import records as record
 from promotion.errors import ExitCode
 from promotion.gate import run_gate
-from promotion.policy import Candidate, Margin, MetricRule
+from promotion.policy.model import Candidate, Margin, MetricRule
+from promotion.registry.client import connect
 
 pytestmark = pytest.mark.mlflow
 
@@ -350,7 +352,7 @@ def test_interrupted_promotion_is_visible_then_resolved(client, model_name, prod
 
     monkeypatch.setattr(registry, "set_alias", crash_after_the_alias_moves)
     with pytest.raises(RuntimeError):
-        run_gate(rmse_policy(model_name))
+        run_gate(connect(None), rmse_policy(model_name))
     monkeypatch.setattr(registry, "set_alias", real_set_alias)
     assert aliases(client, model_name)["Production"] == candidate
     assert decision_tag(client, model_name, candidate) == "pending"
@@ -360,7 +362,7 @@ def test_interrupted_promotion_is_visible_then_resolved(client, model_name, prod
     assert f"PENDING version {candidate}: interrupted after @Production moved here" in out
 
     later = add_version(client, model_name, {"rmse": 0.45})  # the next gate, on a newer version
-    result = run_gate(rmse_policy(model_name))
+    result = run_gate(connect(None), rmse_policy(model_name))
     assert result.outcome == "rejected" and result.candidate_version == later
     assert result.resolved and "recorded as promoted" in result.resolved
     tags = client.get_model_version(model_name, candidate).tags
@@ -377,11 +379,11 @@ def test_interrupted_before_the_alias_moved_is_redecided(client, model_name, pro
 
     monkeypatch.setattr(registry, "set_alias", crash)
     with pytest.raises(RuntimeError):
-        run_gate(rmse_policy(model_name))
+        run_gate(connect(None), rmse_policy(model_name))
     monkeypatch.undo()
     assert aliases(client, model_name) == {"Production": production}
     assert decision_tag(client, model_name, candidate) == "pending"
-    result = run_gate(rmse_policy(model_name))
+    result = run_gate(connect(None), rmse_policy(model_name))
     assert result.outcome == "promoted"
     assert decision_tag(client, model_name, candidate) == "promoted"
 
@@ -392,7 +394,7 @@ def test_pending_for_another_alias_is_not_resolved_by_this_alias(client, model_n
                        tags={record.DECISION: "pending", record.ALIAS: "Staging"})
     client.set_registered_model_alias(model_name, "Production", held)
     later = add_version(client, model_name, {"rmse": 0.6})
-    result = run_gate(rmse_policy(model_name))
+    result = run_gate(connect(None), rmse_policy(model_name))
     assert result.outcome == "rejected" and result.candidate_version == later
     assert result.resolved is None
     tags = client.get_model_version(model_name, held).tags
@@ -461,7 +463,7 @@ def test_in_process_api_returns_a_result(client, model_name, production):
     add_version(client, model_name, {"rmse": 0.4})
     policy = rmse_policy(model_name, metrics=(
         MetricRule("rmse", "minimize", max_regression=Margin(0.0)),))
-    result = run_gate(policy, candidate=Candidate.parse("2"), dry_run=True)
+    result = run_gate(connect(None), policy, candidate=Candidate.parse("2"), dry_run=True)
     assert (result.return_code, result.outcome, result.applied) == (0, "promoted", False)
     assert (result.candidate_version, result.production_version) == ("2", "1")
 
@@ -470,10 +472,10 @@ def test_in_process_api_returns_a_result(client, model_name, production):
 
 
 def _result(cand_rmse: float, **kw):
-    from promotion.decision import decide
-    from promotion.facts import VersionFacts
+    from promotion.engine.decision import decide
+    from promotion.engine.facts import VersionFacts
     from promotion.gate import GateResult
-    from promotion.record import Trigger
+    from promotion.registry.records import Trigger
 
     policy = rmse_policy("churn")
     cand = VersionFacts("churn", "2", "r2", {"rmse": cand_rmse})

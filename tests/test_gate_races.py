@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from helpers import add_version, aliases, promote, write_policy
 
-from promotion import record
+from promotion.engine import records as record
 
 pytestmark = pytest.mark.mlflow
 

@@ -12,8 +12,10 @@ import pytest
 import yaml
 
 from promotion.cli import run
-from promotion.commands.policy import PolicyEntry, github_annotation, list_policies, policy_files
-from promotion.policyfile import Issue
+from promotion.policy.files import policy_files
+from promotion.policy.issues import Issue
+from promotion.policy.listing import PolicyEntry, list_policies
+from promotion.report.policy import github_annotation
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "data" / "policies"
@@ -167,7 +169,7 @@ def test_the_promote_entry_point(tmp_path: Path) -> None:
 def test_validation_never_imports_mlflow() -> None:
     code = (
         "import sys\n"
-        "from promotion.policies import load_policy\n"
+        "from promotion.policy.load import load_policy\n"
         "from promotion.cli import run\n"
         "policy = load_policy('policies/diabetes-regressor.yaml')\n"
         "assert policy.model == 'diabetes-regressor'\n"
@@ -241,7 +243,9 @@ def test_list_as_a_github_matrix(listed: Path, capsys: pytest.CaptureFixture[str
 
 def test_list_as_json(listed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["policy", "list", "--format", "json", "--select", "fraud"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"policies": [
+    document = json.loads(capsys.readouterr().out)
+    assert next(iter(document)) == "schema_version"  # first, like every --json document
+    assert document == {"schema_version": 1, "kind": "policy-list", "policies": [
         {"policy": "policies/team/d.yaml", "model": "fraud", "alias": "Production"}]}
 
 
@@ -330,9 +334,9 @@ def test_list_without_policies_is_exit_2(
 def test_list_refuses_a_matrix_github_would_refuse(
     listed: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import promotion.commands.policy as policy_command
+    import promotion.report.policy as policy_report
 
-    monkeypatch.setattr(policy_command, "MATRIX_LIMIT", 3)
+    monkeypatch.setattr(policy_report, "MATRIX_LIMIT", 3)
     assert run(["policy", "list", "--format", "github-matrix"]) == 2
     out, err = capsys.readouterr()
     assert out == ""
@@ -346,7 +350,6 @@ def test_list_entries_as_a_function(listed: Path) -> None:
     listing = list_policies(["policies/team", "policies/a.yaml"], per_alias=True)
     assert listing.entries == (PolicyEntry("policies/team/d.yaml", "fraud", "Production"),
                                PolicyEntry("policies/a.yaml", "churn", "Production"))
-    assert listing.return_code == 0
 
 
 def test_list_a_model_name_that_needs_escaping(
@@ -373,3 +376,40 @@ def test_list_never_imports_mlflow() -> None:
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_validate_never_imports_mlflow_numpy_or_pandas() -> None:
+    code = ("import sys; from promotion.cli import run; "
+            "rc = run(['policy', 'validate', 'policies/']); "
+            "print('RC', rc, 'HEAVY', sorted(m for m in ('mlflow', 'numpy', 'pandas') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines()[-1] == "RC 0 HEAVY []"
+
+
+# --------------------------------------------------------------------------------------------
+# Which files are policies: one rule for validate, list and the demo
+
+
+def test_directories_are_searched_recursively_skipping_dot_names(tmp_path: Path) -> None:
+    for name in ("b.yaml", "a.yml", ".draft.yaml", "notes.txt", "team/c.yaml",
+                 ".github/d.yaml", "team/.e.yml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EXAMPLE, tmp_path / name)
+    expected = [str(tmp_path / n) for n in ("a.yml", "b.yaml", "team/c.yaml")]
+    assert policy_files([str(tmp_path)]) == expected
+    assert policy_files([tmp_path, str(tmp_path / "b.yaml")]) == expected  # no duplicates
+
+
+def test_the_demo_gates_with_the_policies_validate_sees(tmp_path: Path) -> None:
+    from promotion.demo import policies_for
+
+    model = yaml.safe_load(EXAMPLE.read_text())["model"]
+    for name in ("a.yaml", "team/b.yml", ".hidden.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(EXAMPLE, tmp_path / name)
+    paths = [policy.path for policy in policies_for(model, tmp_path)]
+    assert paths == policy_files([str(tmp_path)]) == [str(tmp_path / "a.yaml"),
+                                                       str(tmp_path / "team" / "b.yml")]

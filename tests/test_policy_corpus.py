@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from promotion.policies import Issue, PolicyError, load_policy, parse_policy
-from promotion.policy import Budget, Candidate, Evaluation, Margin, MetricRule
-from promotion.policyfile import MAX_BYTES, MAX_DEPTH, read_document
+from promotion.policy.load import Issue, PolicyError, load_policy, parse_policy
+from promotion.policy.model import Budget, Candidate, Evaluation, Margin, MetricRule
+from promotion.policy.yamlfile import MAX_BYTES, MAX_DEPTH, read_document
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "data" / "policies"
@@ -245,3 +245,53 @@ def test_positions_are_recorded_for_keys_and_values() -> None:
         assert text[line - 1][col - 1:].startswith(str(path[-1])), path
     line, col = document.positions.values[("metrics", "rmse", "max")]
     assert text[line - 1][col - 1:].startswith("70")
+
+
+# --------------------------------------------------------------------------------------------
+# Positions kept by the loaded policy (for problems found later, e.g. while re-scoring)
+
+POSITIONED = """\
+model: m
+evaluation:
+  data: sklearn:load_diabetes
+  target: target
+metrics:
+  rmse: {goal: minimize, max: 70, source: evaluation}
+"""
+
+
+def test_a_loaded_policy_places_later_issues_where_its_file_had_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(POSITIONED)
+    policy = load_policy(path)
+    path.write_text("# moved down\n" * 5 + POSITIONED)  # the file changes after loading
+    assert str(policy.issue(("evaluation", "target"), "no column 'target'")) == \
+        f"{path}:4:11: evaluation.target: no column 'target'"
+    assert str(policy.issue(("metrics", "rmse", "source"), "x")) == \
+        f"{path}:6:43: metrics.rmse.source: x"
+    # A key the file does not have: its nearest ancestor's place.
+    assert (policy.issue(("budgets", "size_mb"), "x").line,
+            policy.issue(("evaluation", "seed"), "x").line) == (1, 2)
+    error = policy.error(("evaluation", "data"), "file not found")
+    assert isinstance(error, PolicyError)
+    assert error.lines() == [f"{path}:3:9: evaluation.data: file not found"]
+
+
+def test_a_policy_built_in_code_gets_file_level_issues() -> None:
+    from promotion.policy.model import Policy
+
+    policy = Policy(path="p.yaml", sha256="", model="m",
+                    metrics=(MetricRule("rmse", "minimize", max=1.0),))
+    assert policy.positions is None
+    assert policy.error(("evaluation",), "missing").lines() == ["p.yaml: evaluation: missing"]
+
+
+def test_positions_are_not_part_of_a_policys_value() -> None:
+    import dataclasses
+
+    first = parse_policy(POSITIONED, "p.yaml")
+    second = parse_policy("\n\n" + POSITIONED.replace(", ", ",  "), "p.yaml")
+    assert first.positions != second.positions
+    same = dataclasses.replace(second, sha256=first.sha256)
+    assert same == first and hash(same) == hash(first)
+    assert "positions" not in repr(first)

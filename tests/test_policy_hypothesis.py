@@ -14,8 +14,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from promotion.policies import PolicyError, parse_policy
-from promotion.policy import Policy
+from promotion.policy.load import PolicyError, parse_policy
+from promotion.policy.model import Policy
 
 NAME = "fuzz/policy.yaml"
 LINE = re.compile(r"fuzz/policy\.yaml(:[1-9][0-9]*:[1-9][0-9]*)?: \S.*")

@@ -13,12 +13,13 @@ from dataclasses import replace
 import pytest
 
 from promotion.cli import run
-from promotion.decision import decide
+from promotion.engine.decision import decide
+from promotion.engine.facts import VersionFacts
+from promotion.engine.preview import Preview as PreviewResult
+from promotion.engine.preview import replay, replayable
 from promotion.errors import ExitCode
-from promotion.facts import VersionFacts
-from promotion.policies import parse_policy
-from promotion.preview import Preview as PreviewResult
-from promotion.preview import render_markdown, render_text, replay, replayable
+from promotion.policy.load import parse_policy
+from promotion.report.preview import render_markdown, render_text
 
 POLICY = """\
 model: {model}

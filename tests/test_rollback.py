@@ -7,11 +7,11 @@ import json
 import pytest
 from helpers import add_version, aliases, decision_tag, rmse_policy, snapshot
 
-from promotion import record
 from promotion.cli import run
-from promotion.clientlib import connect
+from promotion.engine import records as record
 from promotion.errors import ConflictError, ExitCode
 from promotion.gate import apply_rollback, plan_rollback, run_gate
+from promotion.registry.client import connect
 
 pytestmark = pytest.mark.mlflow
 
@@ -20,9 +20,9 @@ pytestmark = pytest.mark.mlflow
 def promoted_twice(tracking_uri, client, model_name):
     """v1 promoted, then v2 promoted over it: Production=2, Production-previous=1."""
     add_version(client, model_name, {"rmse": 0.5})
-    assert run_gate(rmse_policy(model_name)).outcome == "promoted"
+    assert run_gate(connect(None), rmse_policy(model_name)).outcome == "promoted"
     add_version(client, model_name, {"rmse": 0.4})
-    assert run_gate(rmse_policy(model_name)).outcome == "promoted"
+    assert run_gate(connect(None), rmse_policy(model_name)).outcome == "promoted"
     assert aliases(client, model_name) == {"Production": "2", "Production-previous": "1"}
 
 
@@ -86,7 +86,8 @@ def test_alias_moved_after_the_plan_is_a_conflict(promoted_twice, tracking_uri, 
 
 def test_nothing_to_roll_back_to_is_invalid_input(tracking_uri, client, model_name, capsys):
     add_version(client, model_name, {"rmse": 0.5})
-    assert run_gate(rmse_policy(model_name)).outcome == "promoted"  # first: no -previous
+    first = run_gate(connect(None), rmse_policy(model_name))
+    assert first.outcome == "promoted"  # first: no -previous
     before = snapshot(client, model_name)
     code, out, err = rollback(capsys, model_name)
     assert code == ExitCode.INVALID_INPUT
@@ -98,9 +99,9 @@ def test_rollback_of_another_alias(tracking_uri, client, model_name, capsys):
     for rmse in (0.5, 0.4):
         add_version(client, model_name, {"rmse": rmse})
     policy = rmse_policy(model_name, alias="Staging")
-    run_gate(policy, candidate=None)
+    run_gate(connect(None), policy, candidate=None)
     add_version(client, model_name, {"rmse": 0.3})
-    run_gate(policy)
+    run_gate(connect(None), policy)
     assert aliases(client, model_name) == {"Staging": "3", "Staging-previous": "2"}
     code, _, _ = rollback(capsys, model_name, "--alias", "Staging")
     assert code == 0

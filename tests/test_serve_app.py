@@ -8,8 +8,9 @@ import time
 import httpx
 import pytest
 
-from promotion.serve_app import RequestError, create_app, parse_request
-from promotion.serving import AliasFollower, Served
+from promotion.serve.app import create_app
+from promotion.serve.follower import AliasFollower, Served
+from promotion.serve.protocol import RequestError, parse_request
 
 
 class SumModel:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from promotion.serving import MAX_RETRY_DELAY, AliasFollower, Served, warm_up
+from promotion.serve.follower import MAX_RETRY_DELAY, AliasFollower, Served, warm_up
 
 
 class Registry:

@@ -7,10 +7,11 @@ import json
 import pytest
 from helpers import add_version, ensure_model, rmse_policy
 
-from promotion import record
 from promotion.cli import run
+from promotion.engine import records as record
 from promotion.errors import ExitCode
 from promotion.gate import run_gate
+from promotion.registry.client import connect
 
 pytestmark = pytest.mark.mlflow
 
@@ -25,15 +26,15 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 def three_decisions(tracking_uri, client, model_name, monkeypatch):
     """v1 promoted (locally), v2 promoted (from GitHub Actions), v3 rejected."""
     add_version(client, model_name, {"rmse": 0.5})
-    run_gate(rmse_policy(model_name))
+    run_gate(connect(None), rmse_policy(model_name))
     add_version(client, model_name, {"rmse": 0.4})
     with monkeypatch.context() as m:
         for k, v in {"GITHUB_ACTIONS": "true", "GITHUB_ACTOR": "octocat",
                      "GITHUB_EVENT_NAME": "workflow_dispatch"}.items():
             m.setenv(k, v)
-        run_gate(rmse_policy(model_name))
+        run_gate(connect(None), rmse_policy(model_name))
     add_version(client, model_name, {"rmse": 0.41})
-    run_gate(rmse_policy(model_name))
+    run_gate(connect(None), rmse_policy(model_name))
 
 
 def test_history_newest_first_with_reasons_and_trigger(three_decisions, model_name, capsys):
@@ -107,7 +108,7 @@ def test_history_limit_must_be_positive(tracking_uri, model_name, capsys):
 def test_history_of_a_model_with_both_quotes(tracking_uri, client, model_name, capsys):
     model = f"it's \"{model_name}\""
     add_version(client, model, {"rmse": 0.5})
-    run_gate(rmse_policy(model))
+    run_gate(connect(None), rmse_policy(model))
     code, out, _ = cli(capsys, "history", model, "--json")
     assert code == 0
     assert [d["outcome"] for d in json.loads(out)["decisions"]] == ["promoted"]

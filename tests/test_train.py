@@ -9,21 +9,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from promotion import lineage
 from promotion.cli import run
 from promotion.errors import InvalidInput
+from promotion.report.training import train_json, train_lines
 from promotion.training import (
     CHALLENGER,
     DATASETS,
+    ESTIMATORS,
     ConfigError,
+    TrainResult,
     build_estimator,
     holdout_metrics,
+    lineage,
     load_config,
     load_configs,
     load_dataset,
     split_holdout,
     trusted_types,
     validate_data,
+    validate_hyperparameters,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -120,6 +124,124 @@ def test_missing_config_and_no_config():
         load_config("nope.yaml")
     with pytest.raises(InvalidInput):
         load_configs([])
+
+
+def test_two_problems_of_one_config_are_reported_together(tmp_path):
+    path = write(tmp_path, GOOD.replace("n_estimators: 5", "n_estimator: 5")
+                 .replace("seed: 7", "seed: '7'"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert caught.value.lines() == [
+        f"{path}:4:3: params.n_estimator: RandomForestRegressor has no hyperparameter "
+        "'n_estimator'; did you mean 'n_estimators'?",
+        f"{path}:8:3: split.seed: Input should be a valid integer",
+    ]
+    assert str(caught.value) == f"{caught.value.lines()[0]} (and 1 more)"
+    assert caught.value.exit_code == 2
+
+
+def test_three_problems_of_schema_data_and_scikit_learn_are_reported_in_file_order(tmp_path):
+    """A schema error, a data source and a value scikit-learn refuses: one error, by position."""
+    path = write(tmp_path, GOOD.replace("max_depth: 3", "max_depth: -1")
+                 .replace("test_size: 0.25", "test_size: 1.5") + "data: sklearn:load_iris\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    lines = caught.value.lines()
+    assert [line.split(": ", 2)[:2] for line in lines] == [
+        [f"{path}:5:3", "params.max_depth"], [f"{path}:7:3", "split.test_size"],
+        [f"{path}:9:1", "data"]]
+    assert "must be an int in the range [1, inf)" in lines[0]
+    assert "less than 1" in lines[1] and "unknown data source 'sklearn:load_iris'" in lines[2]
+    assert len(caught.value.issues) == 3 and str(caught.value).endswith("(and 2 more)")
+
+
+def test_every_bad_hyperparameter_is_reported_not_only_the_first(tmp_path):
+    path = write(tmp_path, GOOD.replace("n_estimators: 5", "n_estimators: 0")
+                 .replace("max_depth: 3", "max_depth: -1\n  criterion: gini\n  trees: 3"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert [issue.key for issue in caught.value.issues] == [
+        "params.n_estimators", "params.max_depth", "params.criterion", "params.trees"]
+
+
+def test_the_problems_of_every_config_are_reported_together_config_by_config(tmp_path):
+    first = write(tmp_path, GOOD.replace("random_forest", "xgboost"), "b.yaml")
+    second = write(tmp_path, GOOD.replace("model: m\n", "").replace("seed: 7", "seed: -1"),
+                   "a.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_configs([first, CANDIDATES / "linear.yaml", second, tmp_path / "nope.yaml"])
+    assert [(Path(i.file).name, i.key) for i in caught.value.issues] == [
+        ("b.yaml", "estimator"), ("a.yaml", "model"), ("a.yaml", "split.seed"),
+        ("nope.yaml", "")]
+
+
+def test_cli_prints_every_config_problem_one_per_line_and_exits_2(tmp_path, capsys):
+    """Validation comes before MLflow is touched: no server is needed to see this."""
+    path = write(tmp_path, GOOD.replace("random_forest", "xgboost") + "colour: blue\n")
+    assert run(["--tracking-uri", "http://127.0.0.1:9", "train", str(path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"{path}:2:1: estimator: unknown estimator 'xgboost'; expected one of: "
+        f"{', '.join(sorted(ESTIMATORS))}",
+        f"{path}:9:1: colour: Extra inputs are not permitted"]
+
+
+def test_scikit_learn_still_has_the_private_hyperparameter_check_training_relies_on():
+    """validate_hyperparameters calls scikit-learn's private BaseEstimator._validate_params
+    (the public API checks values only in `fit`). If an upgrade removes or renames it, bad
+    hyperparameters would only be refused after a run is opened in MLflow: fail here first."""
+    import importlib
+
+    from sklearn.base import BaseEstimator
+    from sklearn.ensemble import RandomForestRegressor
+
+    assert callable(getattr(BaseEstimator, "_validate_params", None)), (
+        "scikit-learn no longer has BaseEstimator._validate_params: "
+        "promotion.training.config.validate_hyperparameters needs another way")
+    for name, path in ESTIMATORS.items():
+        module, _, cls = path.rpartition(".")
+        estimator = getattr(importlib.import_module(module), cls)
+        assert callable(getattr(estimator, "_validate_params", None)), name
+    validate_hyperparameters(RandomForestRegressor(max_depth=3))
+    with pytest.raises(ValueError, match=r"The 'max_depth' parameter of RandomForestRegressor"):
+        validate_hyperparameters(RandomForestRegressor(max_depth=-1))
+
+
+def test_train_help_imports_neither_mlflow_nor_the_data_libraries():
+    import sys
+
+    code = ("import sys; from promotion.cli import run; rc = run(['train', '--help']); "
+            "print('RC', rc, sorted(m for m in ('mlflow', 'pandas', 'sklearn', 'matplotlib') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("RC 0 []")
+
+
+RESULT = TrainResult(config="train/candidates/linear.yaml", model="diabetes-regressor",
+                     version="3", run_id="0123abcd", experiment_id="1",
+                     metrics={"rmse": 53.85344, "mae": 42.79409, "r2": 0.45260},
+                     data_validated=False, data_validation="3 rows, expected 442",
+                     tags={"data_sha256": "a1b2c3d4e5f6" + "0" * 52},
+                     run_url="http://mlflow:5000/#/experiments/1/runs/0123abcd")
+
+
+def test_train_prints_each_candidate_as_before():
+    assert train_lines(RESULT) == [
+        "diabetes-regressor version 3 (@challenger)  from train/candidates/linear.yaml",
+        "  run      0123abcd",
+        "  metrics  rmse 53.8534  mae 42.7941  r2 0.4526  (holdout)",
+        "  data     NOT validated (3 rows, expected 442), sha256 a1b2c3d4e5f6",
+        "  view     http://mlflow:5000/#/experiments/1/runs/0123abcd",
+    ]
+
+
+def test_train_json_starts_with_schema_version_then_the_trained_candidates():
+    import json
+
+    text = train_json([RESULT])
+    assert text.splitlines()[:2] == ["{", '  "schema_version": 1,']
+    document = json.loads(text)
+    assert list(document) == ["schema_version", "trained"]
+    assert document["trained"] == [RESULT.to_dict()]
 
 
 # --------------------------------------------------------------------------------------------

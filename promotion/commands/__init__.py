@@ -1,10 +1,20 @@
-"""The `promote` subcommands: thin click layers over plain functions."""
+"""The `promote` subcommands: click only. Each parses its options, calls one function of the
+layers below (promotion.gate, promotion.training, promotion.serve, ...), and hands the result to
+a renderer in promotion.report. Nothing here imports mlflow.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 
-from promotion.cli import Context
+
+@dataclass
+class Context:
+    """What the group's options give every subcommand (click's ctx.obj)."""
+
+    tracking_uri: str | None
 
 
 def tracking_uri() -> str | None:

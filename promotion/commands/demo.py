@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 from promotion.commands import tracking_uri
-from promotion.demo import DEFAULT_CANDIDATES, DEFAULT_POLICIES
+from promotion.demo import DEFAULT_CANDIDATES, DEFAULT_POLICIES, DEFAULT_TRACKING_URI, run_demo
+from promotion.registry.client import connect
+from promotion.report.demo import demo_json
 
 
 @click.command(name="demo")
@@ -30,11 +30,9 @@ def command(candidates: str, policies: str, model_name: str | None, rows: int, d
     (sqlite:///mlflow.db in the current directory, artifacts in ./mlruns; no server).
     Exits 0 when the job ran, whatever each gate decided.
     """
-    from promotion.demo import run_demo
-
-    result = run_demo(tracking_uri=tracking_uri(), candidates=candidates,
+    result = run_demo(connect(tracking_uri() or DEFAULT_TRACKING_URI), candidates=candidates,
                       policies=policies, model_name=model_name, rows=rows, details=details,
                       say=(lambda _line: None) if as_json else click.echo)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2, sort_keys=True))
+        click.echo(demo_json(result))
     return result

@@ -5,6 +5,11 @@ from __future__ import annotations
 import click
 
 from promotion.commands import tracking_uri
+from promotion.gate import GateConflict, run_gate
+from promotion.policy.load import load_policy
+from promotion.policy.model import Candidate
+from promotion.registry.client import connect
+from promotion.report import table, to_json_text, write_github
 
 
 @click.command("gate")
@@ -22,11 +27,6 @@ def command(policy_path: str, candidate: str | None, dry_run: bool, as_json: boo
     1 rejected or inconclusive, 2 invalid input, 3 registry error or the alias
     moved while deciding.
     """
-    from promotion.gate import GateConflict, run_gate
-    from promotion.policies import load_policy
-    from promotion.policy import Candidate
-    from promotion.report import table, to_json_text, write_github
-
     selector = None
     if candidate is not None:
         try:
@@ -35,8 +35,7 @@ def command(policy_path: str, candidate: str | None, dry_run: bool, as_json: boo
             raise click.BadParameter(str(exc), param_hint="--candidate") from exc
     policy = load_policy(policy_path)
     try:
-        result = run_gate(policy, tracking_uri=tracking_uri(), candidate=selector,
-                          dry_run=dry_run)
+        result = run_gate(connect(tracking_uri()), policy, candidate=selector, dry_run=dry_run)
     except GateConflict as conflict:
         result = conflict.result
         click.echo(to_json_text(result) if as_json else table(result), nl=not as_json)

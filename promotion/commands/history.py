@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from promotion.commands import tracking_uri
+from promotion.gate import read_history
+from promotion.registry.client import connect
+from promotion.report import dumps, history_json, history_table
 
 
 @click.command("history")
@@ -15,9 +18,6 @@ from promotion.commands import tracking_uri
 def command(model: str, limit: int, as_json: bool) -> object:
     """Show past promotion decisions, newest first: when, candidate, compared-to, outcome,
     reasons, and who or what triggered each."""
-    from promotion.gate import read_history
-    from promotion.report import dumps, history_json, history_table
-
-    history = read_history(model, tracking_uri=tracking_uri(), limit=limit)
+    history = read_history(connect(tracking_uri()), model, limit=limit)
     click.echo(dumps(history_json(history)) if as_json else history_table(history))
     return history

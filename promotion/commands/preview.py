@@ -7,9 +7,11 @@ import os
 import click
 
 from promotion.commands import tracking_uri
-from promotion.errors import InvalidInput
-from promotion.policy import Policy
-from promotion.preview import DEFAULT_LAST, MAX_LAST, RENDERERS, Preview
+from promotion.engine.preview import DEFAULT_LAST, MAX_LAST, Preview
+from promotion.gate import preview
+from promotion.policy.load import load_policy, load_revision
+from promotion.registry.client import connect
+from promotion.report.preview import RENDERERS
 
 
 @click.command("preview")
@@ -36,29 +38,10 @@ def command(base_path: str, head_path: str, last: int, output_format: str,
     Exit code 0 when the preview ran (whatever it found), 2 for an invalid policy or option,
     3 when the registry cannot be read.
     """
-    from promotion.policies import load_policy
-    from promotion.preview import preview
-
     head = load_policy(head_path)
     label = base_label or base_path
-    base = None if not os.path.exists(base_path) else load_base(base_path, label, head_path)
-    result = preview(head, base, tracking_uri=tracking_uri(), last=last,
-                     base_label=label, base_missing=base is None)
+    base = load_revision(base_path, label, base_dir=os.path.dirname(head_path))
+    result = preview(connect(tracking_uri()), head, base, last=last, base_label=label,
+                     base_missing=base is None)
     click.echo(RENDERERS[output_format](result))
     return result
-
-
-def load_base(path: str, label: str, head_path: str) -> Policy:
-    """The base policy, named `label` in messages.
-
-    Its evaluation data paths are resolved next to the head policy and not checked: the base is
-    usually a copy taken from git into a scratch directory, and the preview does not re-score.
-    """
-    from promotion.policies import parse_policy
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise InvalidInput(f"{path}: cannot read the base policy: {exc.strerror or exc}") from None
-    return parse_policy(data, label, base_dir=os.path.dirname(head_path), check_files=False)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import click
 
 from promotion.commands import tracking_uri
-from promotion.policy import DEFAULT_ALIAS
+from promotion.gate import run_rollback
+from promotion.policy.model import DEFAULT_ALIAS
+from promotion.registry.client import connect
+from promotion.report import rollback_text, to_json_text
 
 
 @click.command("rollback")
@@ -18,9 +21,6 @@ def command(model: str, alias: str, dry_run: bool, as_json: bool) -> object:
 
     Rolling back a rollback flips them again. Exit 2 when there is nothing to roll back to.
     """
-    from promotion.gate import run_rollback
-    from promotion.report import rollback_text, to_json_text
-
-    result = run_rollback(model, alias, tracking_uri=tracking_uri(), dry_run=dry_run)
+    result = run_rollback(connect(tracking_uri()), model, alias, dry_run=dry_run)
     click.echo(to_json_text(result) if as_json else rollback_text(result), nl=not as_json)
     return result

@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from promotion.commands import tracking_uri
+from promotion.gate import read_status
+from promotion.registry.client import connect
+from promotion.report import dumps, status_json, status_table
 
 
 @click.command("status")
@@ -12,9 +15,6 @@ from promotion.commands import tracking_uri
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def command(model: str, as_json: bool) -> object:
     """Show every alias of a model and each version's last decision (and any pending one)."""
-    from promotion.gate import read_status
-    from promotion.report import dumps, status_json, status_table
-
-    status = read_status(model, tracking_uri=tracking_uri())
+    status = read_status(connect(tracking_uri()), model)
     click.echo(dumps(status_json(status)) if as_json else status_table(status))
     return status

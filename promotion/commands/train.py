@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING
-
 import click
 
 from promotion.commands import tracking_uri
-
-if TYPE_CHECKING:
-    from promotion.training import TrainResult
+from promotion.report.training import train_json, train_lines
+from promotion.training import TrainResult, train_candidates
 
 
 @click.command(name="train")
@@ -25,14 +21,13 @@ def command(configs: tuple[str, ...], model_name: str | None, as_json: bool) -> 
     Every config is validated before anything is written: one bad config and nothing is trained.
     Prints the run id, the registered version and the holdout metrics of each candidate.
     """
-    from promotion.training import train_candidates
 
     def progress(result: TrainResult) -> None:
         if not as_json:
-            click.echo("\n".join(result.lines()))
+            click.echo("\n".join(train_lines(result)))
 
     report = train_candidates(configs, tracking_uri=tracking_uri(), model_name=model_name,
                               progress=progress)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        click.echo(train_json(report.results))
     return report

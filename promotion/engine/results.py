@@ -1,0 +1,198 @@
+"""What the services return: frozen results that the renderers print and tests inspect.
+
+Each result says what was decided and what was written; `return_code` is its exit code (the CLI
+boundary reads it). The conflicts are errors that carry the result that was recorded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from promotion.engine.decision import Decision
+from promotion.engine.facts import EvaluationFacts, VersionFacts, version_or_none
+from promotion.engine.records import Entry, Trigger
+from promotion.errors import ConflictError, ExitCode
+from promotion.policy.model import Policy, previous_alias
+
+NOTHING = "nothing"  # what an unset alias points at, in messages
+
+
+@dataclass(frozen=True)
+class GateResult:
+    policy: Policy
+    decision: Decision
+    candidate: VersionFacts
+    production: VersionFacts | None
+    dry_run: bool
+    decided_at: str
+    trigger: Trigger
+    tracking_uri: str  # redacted: safe to print and record
+    applied: bool = False  # this gate moved the alias
+    record_run_id: str | None = None
+    evaluation: EvaluationFacts | None = None
+    conflict_version: str | None = None  # where the alias was found at the re-read, on conflict
+    conflict: bool = False
+    resolved: str | None = None  # an interrupted promotion this gate completed, if any
+
+    @property
+    def candidate_version(self) -> str:
+        return self.decision.candidate_version
+
+    @property
+    def production_version(self) -> str | None:
+        return self.decision.production_version
+
+    @property
+    def outcome(self) -> str:
+        """promoted | rejected | inconclusive | already | conflict."""
+        return "conflict" if self.conflict else self.decision.outcome
+
+    @property
+    def return_code(self) -> int:
+        if self.conflict:
+            return int(ExitCode.REGISTRY)
+        return int(ExitCode.OK if self.decision.passed else ExitCode.REJECTED)
+
+
+class GateConflict(ConflictError):
+    """The alias moved between the decision and its application; carries the recorded result."""
+
+    def __init__(self, result: GateResult) -> None:
+        self.result = result
+        was = version_or_none(result.production_version, NOTHING)
+        now = version_or_none(result.conflict_version, NOTHING)
+        super().__init__(
+            f"@{result.policy.alias} of model {result.policy.model!r} moved while deciding "
+            f"(it pointed at {was}, now {now}); nothing was moved, version "
+            f"{result.candidate_version} is recorded as conflict")
+
+
+@dataclass(frozen=True)
+class RollbackResult:
+    model: str
+    alias: str
+    restored_version: str  # what the alias points at after the rollback
+    displaced_version: str | None  # what it pointed at before (None: the alias was not set)
+    dry_run: bool
+    decided_at: str
+    trigger: Trigger
+    tracking_uri: str
+    applied: bool = False
+    record_run_id: str | None = None
+
+    return_code: ClassVar[int] = int(ExitCode.OK)
+
+    @property
+    def previous_alias(self) -> str:
+        return previous_alias(self.alias)
+
+
+class RollbackConflict(ConflictError):
+    """An alias moved between the rollback's read and its writes; nothing was moved."""
+
+    def __init__(self, planned: RollbackResult, now: tuple[str | None, str | None]) -> None:
+        self.result = planned
+        self.now = now
+        was = version_or_none(planned.displaced_version, NOTHING)
+        current, previous = (version_or_none(v, NOTHING) for v in now)
+        super().__init__(
+            f"@{planned.alias} or @{planned.previous_alias} of model {planned.model!r} moved "
+            f"while rolling back (they pointed at {was} and version {planned.restored_version}, "
+            f"now {current} and {previous}); nothing was moved")
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    version: str
+    aliases: tuple[str, ...]
+    decision: str | None
+    decided_at: str | None
+    compared_to: str | None
+    reason: str | None
+    note: str | None = None  # what a `pending` decision means here
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    model: str
+    aliases: tuple[tuple[str, str], ...]  # (alias, version), sorted by alias
+    versions: tuple[VersionStatus, ...]  # every aliased or pending version, newest first
+    latest_version: str | None
+    tracking_uri: str
+    return_code: ClassVar[int] = int(ExitCode.OK)
+
+    @property
+    def pending(self) -> tuple[VersionStatus, ...]:
+        return tuple(v for v in self.versions if v.decision == "pending")
+
+
+@dataclass(frozen=True)
+class History:
+    model: str
+    entries: tuple[Entry, ...]
+    limit: int
+    tracking_uri: str
+    return_code: ClassVar[int] = int(ExitCode.OK)
+
+
+# The main job (`promote demo`)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    row: int  # the row of the dataset (its index), so anyone can look it up
+    predicted: float
+    actual: float
+
+
+@dataclass(frozen=True)
+class GateRow:
+    """One gated candidate, as the decision table shows it."""
+
+    config: str
+    version: str
+    policy: str
+    outcome: str
+    compared_to: str | None
+    reason: str
+    same_as_production: bool  # same config and data fingerprints as the version it was compared to
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    tracking_uri: str  # redacted
+    model: str
+    alias: str
+    trained: tuple[Any, ...]  # promotion.training.TrainResult
+    gates: tuple[GateRow, ...]
+    production_before: str | None
+    production_after: str | None
+    predictions: tuple[Prediction, ...]
+    served_rmse: float | None  # of the loaded alias on the whole holdout
+    phases: tuple[Phase, ...] = field(default_factory=tuple)
+
+    # The job ran: whatever each gate decided is a result, not a failure of the demo.
+    return_code: ClassVar[int] = int(ExitCode.OK)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.seconds for p in self.phases)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tracking_uri": self.tracking_uri, "model": self.model, "alias": self.alias,
+            "trained": [t.to_dict() for t in self.trained],
+            "gates": [asdict(g) for g in self.gates],
+            "production_before": self.production_before,
+            "production_after": self.production_after,
+            "predictions": [asdict(p) for p in self.predictions],
+            "served_rmse": self.served_rmse,
+            "phases": [asdict(p) for p in self.phases], "seconds": self.seconds,
+        }

@@ -1,0 +1,99 @@
+"""The value types of the policy language: each a checker (promotion.policy.checks) plus its
+JSON Schema, as `Annotated` types the models of promotion.policy.schema are made of.
+
+A type's validator and its schema are declared side by side, so what `promote policy validate`
+accepts and what editors are told (policies/schema.json) cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import PlainValidator, WithJsonSchema
+
+from promotion.policy.checks import (
+    MAX_ALIAS_LENGTH,
+    MAX_GUARDED_ALIAS_LENGTH,
+    MAX_MODEL_NAME_LENGTH,
+    MAX_TAG_KEY_LENGTH,
+    MAX_VERSION,
+    SKLEARN_LOADERS,
+    at_least_zero,
+    boolean,
+    candidate_spec,
+    data_source,
+    finite_number,
+    fraction,
+    guarded_alias,
+    integer,
+    margin,
+    model_name,
+    non_empty,
+    one_of,
+    string_value,
+    tag_key,
+)
+from promotion.policy.model import Goal, Margin, Source, WhenNoProduction
+
+
+def _schema(json_schema: dict[str, Any], description: str) -> WithJsonSchema:
+    return WithJsonSchema({**json_schema, "description": description})
+
+
+_MARGIN_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0},
+                            {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?%$"}]}
+_ALIAS_SCHEMA = {"type": "string", "pattern": "^[\\w-]+$", "maxLength": MAX_GUARDED_ALIAS_LENGTH,
+                 "not": {"anyOf": [{"pattern": "^[lL][aA][tT][eE][sS][tT]$"},
+                                   {"pattern": "^[vV][0-9]+$"}]}}
+
+ModelName = Annotated[str, PlainValidator(model_name), _schema(
+    {"type": "string", "minLength": 1, "maxLength": MAX_MODEL_NAME_LENGTH,
+     "pattern": "^(?!\\.$)(?!\\.\\.)[^/:]*[^/:\\s][^/:]*$"},
+    "The registered model's name, as in MLflow (no '/' or ':').")]
+AliasName = Annotated[str, PlainValidator(guarded_alias), _schema(
+    _ALIAS_SCHEMA, "The alias this policy guards: the version it points to is 'Production'.")]
+CandidateSpec = Annotated[str | int, PlainValidator(candidate_spec), _schema(
+    {"anyOf": [{"const": "latest"}, {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
+               {"type": "string", "pattern": "^[0-9]*[1-9][0-9]*$", "maxLength": 19},
+               {"type": "string", "pattern": "^@[\\w-]+$", "maxLength": MAX_ALIAS_LENGTH + 1,
+                "not": {"anyOf": [{"pattern": "^@[lL][aA][tT][eE][sS][tT]$"},
+                                  {"pattern": "^@[vV][0-9]+$"}]}}]},
+    "The version to gate: 'latest' (highest version number), a version number, or '@<alias>'.")]
+GoalField = Annotated[Goal, PlainValidator(one_of("minimize", "maximize")), _schema(
+    {"enum": ["minimize", "maximize"]}, "Whether lower or higher values are better.")]
+SourceField = Annotated[Source, PlainValidator(one_of("logged", "evaluation")), _schema(
+    {"enum": ["logged", "evaluation"]},
+    "logged: the value logged on the version's run; evaluation: both versions re-scored on "
+    "evaluation.data.")]
+WhenNoProductionField = Annotated[WhenNoProduction, PlainValidator(one_of("promote", "reject")),
+                                  _schema({"enum": ["promote", "reject"]},
+                                          "What to do when no version holds the alias yet.")]
+Threshold = Annotated[float | None, PlainValidator(finite_number),
+                      WithJsonSchema({"type": "number"})]
+MarginField = Annotated[Margin | None, PlainValidator(margin), WithJsonSchema(_MARGIN_SCHEMA)]
+Flag = Annotated[bool, PlainValidator(boolean), WithJsonSchema({"type": "boolean"})]
+NonEmpty = Annotated[str, PlainValidator(non_empty), WithJsonSchema({"type": "string",
+                                                                    "minLength": 1})]
+TagKey = Annotated[str, PlainValidator(tag_key), WithJsonSchema(
+    {"type": "string", "minLength": 1, "maxLength": MAX_TAG_KEY_LENGTH})]
+TagValue = Annotated[str, PlainValidator(string_value), WithJsonSchema({"type": "string"})]
+DataSource = Annotated[str, PlainValidator(data_source), _schema(
+    {"type": "string", "anyOf": [
+        {"pattern": "^sklearn:(" + "|".join(SKLEARN_LOADERS) + ")$"},
+        {"pattern": "^(?!sklearn:).*\\.([cC][sS][vV]|[pP][aA][rR][qQ][uU][eE][tT])$"}]},
+    "A CSV or Parquet file (relative to the policy file) or 'sklearn:<loader>'.")]
+Confidence = Annotated[float, PlainValidator(fraction), _schema(
+    {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "Confidence level of the bootstrap intervals.")]
+TestSize = Annotated[float | None, PlainValidator(fraction), _schema(
+    {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "Holdout share of a sklearn: dataset (default 0.25); only for sklearn: sources.")]
+Resamples = Annotated[int, PlainValidator(integer(100, 100_000)), _schema(
+    {"type": "integer", "minimum": 100, "maximum": 100_000}, "Bootstrap resamples.")]
+Seed = Annotated[int, PlainValidator(integer(0, 2**32 - 1)), _schema(
+    {"type": "integer", "minimum": 0, "maximum": 2**32 - 1},
+    "Seed of the bootstrap (and of the sklearn: split).")]
+MetricName = Annotated[str, PlainValidator(non_empty), WithJsonSchema({"type": "string",
+                                                                      "minLength": 1})]
+Ceiling = Annotated[float | None, PlainValidator(at_least_zero),
+                    WithJsonSchema({"type": "number", "minimum": 0})]

@@ -1,0 +1,56 @@
+"""The only code that talks to MLflow's tracking server and model registry.
+
+    client     connect (bounded retries, privacy defaults), the error mapping to exit codes
+    versions   reads: aliases, versions, their runs' metrics, searches (few calls, no scans)
+    writes     writes: registering versions, alias moves, version tags
+    records    decision records: runs in the `promotion-decisions` experiment
+    models     a version's artifacts as files (download by number, measure)
+    internals  every use of an MLflow internal, each behind one named function
+
+Callers use this facade (`registry.alias_target(client, ...)`); the modules below never import it.
+"""
+
+from __future__ import annotations
+
+from promotion.registry.client import connect, describe_uri, registry_errors
+from promotion.registry.versions import (
+    PARALLEL_REQUESTS,
+    alias_target,
+    alias_version,
+    get_version,
+    last_versions,
+    latest_version,
+    name_clause,
+    parallel,
+    quote,
+    registered_model,
+    resolve,
+    run_metrics,
+    version_facts,
+    versions_tagged,
+)
+from promotion.registry.writes import create_version, ensure_registered_model, set_alias, set_tags
+
+__all__ = [
+    "PARALLEL_REQUESTS",
+    "alias_target",
+    "alias_version",
+    "connect",
+    "create_version",
+    "describe_uri",
+    "ensure_registered_model",
+    "get_version",
+    "last_versions",
+    "latest_version",
+    "name_clause",
+    "parallel",
+    "quote",
+    "registered_model",
+    "registry_errors",
+    "resolve",
+    "run_metrics",
+    "set_alias",
+    "set_tags",
+    "version_facts",
+    "versions_tagged",
+]

@@ -1,0 +1,40 @@
+"""GitHub Actions: step outputs and the job summary."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Mapping
+
+from promotion.engine.results import GateResult
+from promotion.report.decision import markdown
+
+
+def github_outputs(result: GateResult) -> dict[str, str]:
+    return {"decision": result.outcome, "candidate_version": result.candidate_version,
+            "production_version": result.production_version or "",
+            "dry_run": "true" if result.dry_run else "false"}
+
+
+def write_github(result: GateResult, env: Mapping[str, str] | None = None) -> None:
+    """Inside GitHub Actions: append the Markdown report to the step summary, write outputs."""
+    env = os.environ if env is None else env
+    if env.get("GITHUB_ACTIONS") != "true":
+        return
+    summary = env.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(markdown(result) + "\n")
+    outputs = env.get("GITHUB_OUTPUT")
+    if outputs:
+        with open(outputs, "a", encoding="utf-8") as f:
+            f.write(output_lines(github_outputs(result)))
+
+
+def output_lines(values: Mapping[str, str]) -> str:
+    """`name<<DELIMITER` blocks: safe for any value, even one holding newlines."""
+    text = []
+    for name, value in values.items():
+        delimiter = f"promote_{uuid.uuid4().hex}"
+        text.append(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
+    return "".join(text)

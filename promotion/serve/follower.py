@@ -1,0 +1,280 @@
+"""Hold the model version an alias points at, and follow the alias as it moves.
+
+MLflow's own `mlflow models serve -m models:/name@Production` resolves the alias once at start-up;
+an endpoint built on it never notices a promotion or a rollback. `AliasFollower` polls the alias
+instead. When it moves, the new version is loaded completely in the background and only then
+swapped in, as one immutable `FollowerState` replaced by a single reference assignment. A request
+reads that reference once and scores on the `Served` it found, so requests in flight finish on the
+old model and no request ever sees a half-loaded one. A version that cannot be loaded never
+replaces a working one: it is reported (state, log) and retried with a growing delay.
+
+The follower's inputs are two plain callables (resolve the alias, load a version), so its logic is
+tested without a registry; `alias_resolver` and `version_loader` build the real ones on the
+registry layer (`promotion.registry`), which does every registry request and download. Only
+loading a downloaded version into memory (`mlflow.pyfunc`, imported inside `load`) is done here.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from promotion.errors import InvalidInput, redact
+from promotion.registry import alias_version, get_version
+from promotion.registry.models import download_version
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger("promotion.serving")
+
+# A version that failed to load is retried after poll_interval * 2**(failures-1), capped: a broken
+# version must not be downloaded again every few seconds, a transient failure must heal on its own.
+MAX_RETRY_DELAY = 600.0
+
+
+@dataclass(frozen=True)
+class Served:
+    """One loaded model version. Never mutated: a newer version replaces it as a whole."""
+
+    version: str
+    model: Any  # mlflow.pyfunc.PyFuncModel (kept untyped so this module imports no mlflow)
+    loaded_at: float  # epoch seconds
+    load_seconds: float
+    run_id: str | None = None
+    input_schema: Any = None  # mlflow.types.Schema, or None when the model has no signature
+    path: str | None = None  # local copy of the artifacts, removed once no longer needed
+
+
+@dataclass(frozen=True)
+class FollowError:
+    """The last thing that went wrong while following the alias."""
+
+    message: str
+    at: float
+    version: str | None = None  # None: the alias itself could not be resolved
+
+
+@dataclass(frozen=True)
+class FollowerState:
+    """Everything the endpoint reports, replaced as a whole on every change."""
+
+    served: Served | None = None
+    serving_since: float | None = None  # when `served` was swapped in (epoch seconds)
+    alias_version: str | None = None  # what the alias pointed at on the last successful check
+    checked_at: float | None = None  # last successful alias check
+    last_error: FollowError | None = None
+    swaps: int = 0  # versions swapped in after the first one
+    load_failures: int = 0
+
+    @property
+    def in_sync(self) -> bool:
+        """True when the served version is the one the alias points at."""
+        return self.served is not None and self.served.version == self.alias_version
+
+
+Resolve = Callable[[], str]  # -> the version the alias points at now
+Load = Callable[[str], Served]  # version -> a completely loaded Served
+
+
+@dataclass(frozen=True)
+class _Failure:
+    count: int
+    retry_at: float
+
+
+class AliasFollower:
+    """Serve what `model@alias` points at; swap atomically when it moves.
+
+    `refresh()` is one poll step; `start()` runs it every `poll_interval` seconds on a daemon
+    thread until `stop()`. Only that thread writes the state; readers just read `state`.
+    """
+
+    def __init__(self, model: str, alias: str, poll_interval: float, resolve: Resolve,
+                 load: Load, clock: Callable[[], float] = time.time) -> None:
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self.model = model
+        self.alias = alias
+        self.poll_interval = poll_interval
+        self._resolve = resolve
+        self._load = load
+        self._clock = clock
+        self._state = FollowerState()
+        self._failures: dict[str, _Failure] = {}
+        self._retired_path: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> FollowerState:
+        return self._state
+
+    def refresh(self) -> bool:
+        """Check the alias once; load and swap in the version it points at if that is new.
+
+        Returns True when a new version was swapped in. Never raises for registry or model
+        problems: they are recorded in `state.last_error` and logged, and serving goes on.
+        """
+        now = self._clock()
+        try:
+            target = self._resolve()
+        except Exception as exc:  # unreachable registry, alias deleted: keep serving what we have
+            self._record_error(f"cannot resolve {self.model}@{self.alias}: {_describe(exc)}", None)
+            return False
+        self._state = replace(self._state, alias_version=target, checked_at=now)
+        served = self._state.served
+        if served is not None and served.version == target:
+            return False
+        failure = self._failures.get(target)
+        if failure is not None and now < failure.retry_at:
+            return False
+        return self._swap_to(target)
+
+    def _swap_to(self, version: str) -> bool:
+        log.info("loading %s version %s (%s@%s)", self.model, version, self.model, self.alias)
+        try:
+            new = self._load(version)
+        except Exception as exc:  # any load failure: the working model stays
+            count = self._failures[version].count + 1 if version in self._failures else 1
+            delay = min(self.poll_interval * 2 ** (count - 1), MAX_RETRY_DELAY)
+            self._failures[version] = _Failure(count, self._clock() + delay)
+            old = self._state.served
+            keeping = f"; still serving version {old.version}" if old else "; nothing to serve yet"
+            self._record_error(f"cannot load {self.model} version {version}: {_describe(exc)}"
+                               f"{keeping} (retry in {delay:g} s)", version, failed_load=True)
+            return False
+        self._failures.pop(version, None)
+        old = self._state.served
+        # The swap: one reference assignment. Requests holding `old` finish on it.
+        self._state = replace(self._state, served=new, serving_since=self._clock(),
+                              swaps=self._state.swaps + (old is not None))
+        if old is None:
+            log.info("serving %s version %s (loaded in %.2f s)", self.model, version,
+                     new.load_seconds)
+        else:
+            log.info("swapped %s version %s -> %s (loaded in %.2f s)", self.model, old.version,
+                     version, new.load_seconds)
+        self._retire(old)
+        return True
+
+    def _retire(self, old: Served | None) -> None:
+        # The artifacts of the model just swapped out may still be read by requests in flight
+        # (some flavors read files lazily), so its directory goes one swap later.
+        if self._retired_path:
+            shutil.rmtree(self._retired_path, ignore_errors=True)
+        self._retired_path = old.path if old else None
+
+    def _record_error(self, message: str, version: str | None, failed_load: bool = False) -> None:
+        message = redact(message)
+        log.error("%s", message)
+        self._state = replace(self._state, last_error=FollowError(message, self._clock(), version),
+                              load_failures=self._state.load_failures + failed_load)
+
+    # -- the background thread -----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name=f"follow-{self.model}",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.refresh()
+            except Exception:  # a bug must not silently end following; log it and go on
+                log.exception("unexpected error while following %s@%s", self.model, self.alias)
+            self._stop.wait(self.poll_interval)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wait_until_serving(self, timeout: float) -> Served | None:
+        """Block until a version is served (for callers that want readiness), or time out."""
+        deadline = time.monotonic() + timeout
+        while self._state.served is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self._state.served
+
+
+def _describe(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return redact(f"{type(exc).__name__}: {first}"[:500])
+
+
+# -- the real resolve/load, on the registry layer ----------------------------------------------
+
+
+def check_alias(client: MlflowClient, model: str, alias: str) -> str:
+    """The version `model@alias` points at now; InvalidInput (2) / RegistryError (3) otherwise.
+
+    Used once before serving so that a typo or an unreachable registry fails at start-up with
+    the documented exit code instead of an endpoint that never becomes healthy.
+    """
+    version = alias_version(client, model, alias)
+    if version is None:
+        raise InvalidInput(f"resolving {model}@{alias}: Registered model alias {alias} not found.")
+    return version
+
+
+def alias_resolver(client: MlflowClient, model: str, alias: str) -> Resolve:
+    """Resolve `model@alias` on each poll, raising as check_alias does (the follower records it)."""
+    return functools.partial(check_alias, client, model, alias)
+
+
+def version_loader(client: MlflowClient, model: str, scratch: str) -> Load:
+    """Load `models:/<model>/<version>` into a directory of its own under `scratch`.
+
+    The version is loaded by number, not through the alias, so the model served is exactly the
+    version that was resolved even if the alias moves again while it loads.
+    """
+
+    def load(version: str) -> Served:
+        import mlflow.pyfunc
+
+        started = time.monotonic()
+        path = tempfile.mkdtemp(prefix=f"v{version}-", dir=scratch)
+        try:
+            run_id = get_version(client, model, version).run_id
+            local = str(download_version(client, model, version, path))
+            pyfunc = mlflow.pyfunc.load_model(local)
+            warm_up(pyfunc, local)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        return Served(version=version, model=pyfunc, loaded_at=time.time(),
+                      load_seconds=time.monotonic() - started, run_id=run_id or None,
+                      input_schema=pyfunc.metadata.get_input_schema(), path=path)
+
+    return load
+
+
+def warm_up(pyfunc: Any, local_path: str) -> None:
+    """Score the model's own input example, when it was logged with one.
+
+    A version that cannot score its own example is not fit to replace a working one, and the
+    first real request should not pay for lazy initialisation.
+    """
+    example = pyfunc.metadata.load_input_example(local_path)
+    if example is not None:
+        pyfunc.predict(example)
+
+
+def scratch_dir() -> str:
+    """A private directory for downloaded artifacts (removed by the caller on shutdown)."""
+    return tempfile.mkdtemp(prefix=f"promote-serve-{os.getpid()}-")

@@ -1,0 +1,94 @@
+"""The endpoint's Prometheus metrics: request counters and latency by served version, and the
+follower's state (served version, alias target, in sync, swaps, load failures) read at scrape time.
+
+prometheus_client is imported inside the functions: only a running endpoint needs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from promotion.serve.follower import AliasFollower
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """Request metrics labelled by the version that served them, plus the follower's state."""
+
+    def __init__(self, follower: AliasFollower) -> None:
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Histogram,
+            disable_created_metrics,
+        )
+
+        # The *_created series double the output and no dashboard reads them.
+        disable_created_metrics()
+        # A registry of the app's own: several apps in one process (tests) never collide, and
+        # nothing else in the process leaks into the endpoint's metrics.
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("promote_serve_requests", "Scoring requests, by served version "
+                                "and HTTP status.", ["version", "status"], registry=self.registry)
+        self.errors = Counter("promote_serve_request_errors", "Scoring requests that failed, by "
+                              "served version and reason.", ["version", "reason"],
+                              registry=self.registry)
+        self.latency = Histogram("promote_serve_request_duration_seconds", "Time to answer a "
+                                 "scoring request, by served version.", ["version"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.registry.register(_follower_collector(follower))
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _follower_collector(follower: AliasFollower) -> Collector:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["model", "alias"]
+    key = [follower.model, follower.alias]
+
+    class FollowerCollector:
+        def collect(self) -> Iterable[Any]:
+            state = follower.state
+            served = state.served
+            info = GaugeMetricFamily("promote_serve_model_info", "The served version (value 1).",
+                                     labels=[*labels, "version"])
+            if served is not None:
+                info.add_metric([*key, served.version], 1)
+            yield info
+            for name, doc, value in (
+                ("promote_serve_model_version", "Version number served (0: none loaded yet).",
+                 _number(served.version if served else None)),
+                ("promote_serve_alias_version", "Version number the alias pointed at on the last "
+                 "successful check.", _number(state.alias_version)),
+                ("promote_serve_in_sync", "1 when the served version is the one the alias points "
+                 "at.", float(state.in_sync)),
+                ("promote_serve_model_loaded_timestamp_seconds", "When the served version was "
+                 "loaded (Unix time).", served.loaded_at if served else 0.0),
+            ):
+                gauge = GaugeMetricFamily(name, doc, labels=labels)
+                gauge.add_metric(key, value)
+                yield gauge
+            for name, doc, count in (
+                ("promote_serve_swaps", "Versions swapped in after the first one.", state.swaps),
+                ("promote_serve_load_failures", "Versions that could not be loaded.",
+                 state.load_failures),
+            ):
+                counter = CounterMetricFamily(name, doc, labels=labels)
+                counter.add_metric(key, count)
+                yield counter
+
+    return FollowerCollector()
+
+
+def _number(version: str | None) -> float:
+    return float(version) if version and version.isdigit() else 0.0
+

@@ -18,8 +18,12 @@ class ExitCode(IntEnum):
     OK = 0  # promoted, would be promoted (dry run), already Production, valid, done
     REJECTED = 1  # a policy rule failed (or the result was inconclusive): nothing moved
     INVALID_INPUT = 2  # bad policy, arguments, config, unknown model/version/alias
-    REGISTRY = 3  # registry unreachable after bounded retries, or the alias moved while deciding
+    REGISTRY = 3  # registry unreachable after bounded retries, or the alias moved while deciding:
+    # nothing moved (the message starts with where the alias still points)
     BUG = 4  # unexpected error: traceback written to a log file
+    INCOMPLETE = 5  # the alias moved (or its write's answer was lost), but the record is
+    # incomplete: `promote status` shows what is missing; the model's next gate or rollback
+    # completes it
     INTERRUPTED = 130  # Ctrl-C / SIGINT
 
 
@@ -47,6 +51,16 @@ class RegistryError(FatalError):
 
 class ConflictError(RegistryError):
     """The alias moved while a decision was being made; nothing was moved."""
+
+
+class NothingMoved(RegistryError):
+    """A registry failure before any alias moved; the message says where the alias still is."""
+
+
+class IncompleteError(FatalError):
+    """An alias moved (or may have), and what should follow it was not all written."""
+
+    exit_code = ExitCode.INCOMPLETE
 
 
 # Userinfo runs to the LAST "@" of the URI (a password may itself hold "@" or "/"): greedy on

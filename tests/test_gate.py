@@ -491,7 +491,8 @@ def _result(cand_rmse: float, **kw):
 JSON_FIELDS = {"schema_version", "kind", "model", "alias", "previous_alias", "outcome",
                "return_code", "dry_run", "applied", "summary", "reasons", "candidate",
                "production", "conflict_version", "policy", "rules", "evaluation", "decided_at",
-               "trigger", "tracking_uri", "record_run_id", "resolved"}
+               "trigger", "tracking_uri", "record_run_id", "resolved", "record_complete",
+               "missing"}
 RULE_FIELDS = {"metric", "kind", "source", "passed", "inconclusive", "candidate", "production",
                "bound", "reason", "difference", "interval", "margin"}
 

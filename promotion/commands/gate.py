@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from promotion.commands import tracking_uri
-from promotion.gate import GateConflict, run_gate
+from promotion.gate import GateConflict, GateIncomplete, run_gate
 from promotion.policy.load import load_policy
 from promotion.policy.model import Candidate
 from promotion.registry.client import connect
@@ -36,7 +36,7 @@ def command(policy_path: str, candidate: str | None, dry_run: bool, as_json: boo
     policy = load_policy(policy_path)
     try:
         result = run_gate(connect(tracking_uri()), policy, candidate=selector, dry_run=dry_run)
-    except GateConflict as conflict:
+    except (GateConflict, GateIncomplete) as conflict:
         result = conflict.result
         click.echo(to_json_text(result) if as_json else table(result), nl=not as_json)
         write_github(result)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from promotion.commands import tracking_uri
-from promotion.gate import run_rollback
+from promotion.gate import RollbackIncomplete, run_rollback
 from promotion.policy.model import DEFAULT_ALIAS
 from promotion.registry.client import connect
 from promotion.report import rollback_text, to_json_text
@@ -21,6 +21,11 @@ def command(model: str, alias: str, dry_run: bool, as_json: bool) -> object:
 
     Rolling back a rollback flips them again. Exit 2 when there is nothing to roll back to.
     """
-    result = run_rollback(connect(tracking_uri()), model, alias, dry_run=dry_run)
+    try:
+        result = run_rollback(connect(tracking_uri()), model, alias, dry_run=dry_run)
+    except RollbackIncomplete as incomplete:
+        result = incomplete.result
+        click.echo(to_json_text(result) if as_json else rollback_text(result), nl=not as_json)
+        raise
     click.echo(to_json_text(result) if as_json else rollback_text(result), nl=not as_json)
     return result

@@ -16,7 +16,7 @@ import getpass
 import hashlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +49,7 @@ CANDIDATE = "promotion.candidate_version"
 OUTCOME = "promotion.outcome"
 KIND = "promotion.kind"  # gate | rollback
 TRIGGERED_BY = "promotion.triggered_by"
+OPERATION = "promotion.operation"  # the id of the operation (intent) a record run belongs to
 
 NONE = "none"  # compared_to when no version held the alias
 TAG_VALUE_LIMIT = 5000  # MLflow's limit for model version tag values
@@ -79,7 +80,7 @@ class Trigger:
             return cls(actor=env.get("GITHUB_ACTOR", "unknown"),
                        event=env.get("GITHUB_EVENT_NAME", "unknown"), github=True,
                        sha=env.get("GITHUB_SHA") or None, run_url=github_run_url(env))
-        return cls(actor=_local_user(), event="command line")
+        return cls(actor=local_user(), event="command line")
 
     def describe(self) -> str:
         if self.github:
@@ -98,7 +99,8 @@ class Trigger:
                 "sha": self.sha, "run_url": self.run_url, "description": self.describe()}
 
 
-def _local_user() -> str:
+def local_user() -> str:
+    """Who runs this process, where: `user@host`."""
     try:
         user = getpass.getuser()
     except Exception:  # no login name in some containers: any failure means "unknown"
@@ -123,6 +125,7 @@ class Entry:
     policy_sha256: str | None = None
     eval_sha256: str | None = None
     run_id: str | None = None
+    operation: str | None = None  # the write-ahead intent this record belongs to
 
     def version_tags(self, trigger: Trigger, record_run: str | None) -> dict[str, str]:
         """The tags that go on the candidate version (the decision tag is written separately)."""
@@ -155,6 +158,8 @@ class Entry:
             "mlflow.user": trigger.actor,
             "mlflow.runName": f"{self.kind} {self.model} v{self.candidate_version}",
         })
+        if self.operation is not None:
+            tags[OPERATION] = self.operation
         return tags
 
     @classmethod
@@ -167,7 +172,29 @@ class Entry:
                    decided_at=t.get(DECIDED_AT) or iso(run.info.start_time),
                    reason=t.get(REASON, ""), triggered_by=t.get(TRIGGERED_BY, ""),
                    policy=t.get(POLICY), policy_sha256=t.get(POLICY_SHA256),
-                   eval_sha256=t.get(EVAL_SHA256), run_id=run.info.run_id)
+                   eval_sha256=t.get(EVAL_SHA256), run_id=run.info.run_id,
+                   operation=t.get(OPERATION))
+
+
+def one_per_operation(entries: Sequence[Entry]) -> list[Entry]:
+    """The entries with a duplicate of one operation left out (a record create retried after its
+    answer was lost leaves a second run, still `pending`): of an operation's entries, the one
+    that says how it ended is kept. Order is kept."""
+    final: dict[str, str] = {}
+    for e in entries:
+        if e.operation and e.outcome != "pending":
+            final.setdefault(e.operation, e.run_id or "")
+    kept, seen = [], set()
+    for e in entries:
+        if e.operation and e.operation in final:
+            if e.run_id != final[e.operation]:
+                continue
+        elif e.operation:
+            if e.operation in seen:
+                continue
+            seen.add(e.operation)
+        kept.append(e)
+    return kept
 
 
 def clip(text: str) -> str:

@@ -11,8 +11,9 @@ from typing import Any, ClassVar
 
 from promotion.engine.decision import Decision
 from promotion.engine.facts import EvaluationFacts, VersionFacts, version_or_none
+from promotion.engine.intent import Intent, State
 from promotion.engine.records import Entry, Trigger
-from promotion.errors import ConflictError, ExitCode
+from promotion.errors import ConflictError, ExitCode, IncompleteError
 from promotion.policy.model import Policy, previous_alias
 
 NOTHING = "nothing"  # what an unset alias points at, in messages
@@ -34,6 +35,9 @@ class GateResult:
     conflict_version: str | None = None  # where the alias was found at the re-read, on conflict
     conflict: bool = False
     resolved: str | None = None  # an interrupted promotion this gate completed, if any
+    # What should have followed the move and could not be written (empty: the record is
+    # complete); the write-ahead intent stays, and the model's next command completes it.
+    missing: tuple[str, ...] = ()
 
     @property
     def candidate_version(self) -> str:
@@ -52,7 +56,29 @@ class GateResult:
     def return_code(self) -> int:
         if self.conflict:
             return int(ExitCode.REGISTRY)
+        if self.missing:
+            return int(ExitCode.INCOMPLETE)
         return int(ExitCode.OK if self.decision.passed else ExitCode.REJECTED)
+
+
+def incomplete_message(alias: str, model: str, target: str, moved: bool,
+                       missing: tuple[str, ...], hint: str) -> str:
+    """What an incomplete operation says, what the registry holds first."""
+    where = (f"@{alias} of model {model!r} moved to version {target}" if moved else
+             f"@{alias} of model {model!r} may have moved to version {target} (the write's "
+             "answer was lost)")
+    return (f"{where}; its record is incomplete (missing: {'; '.join(missing)}); run "
+            f"`{hint}` (or `promote status {model}`) to complete it")
+
+
+class GateIncomplete(IncompleteError):
+    """The alias moved (or may have) but the gate's record is incomplete (exit 5)."""
+
+    def __init__(self, result: GateResult) -> None:
+        self.result = result
+        super().__init__(incomplete_message(
+            result.policy.alias, result.policy.model, result.candidate_version, result.applied,
+            result.missing, f"promote gate {result.policy.path}"))
 
 
 class GateConflict(ConflictError):
@@ -80,12 +106,27 @@ class RollbackResult:
     tracking_uri: str
     applied: bool = False
     record_run_id: str | None = None
-
-    return_code: ClassVar[int] = int(ExitCode.OK)
+    completed: str | None = None  # this command completed an interrupted rollback (what it did)
+    missing: tuple[str, ...] = ()  # what should have followed the move and is not written
 
     @property
     def previous_alias(self) -> str:
         return previous_alias(self.alias)
+
+    @property
+    def return_code(self) -> int:
+        return int(ExitCode.INCOMPLETE if self.missing else ExitCode.OK)
+
+
+class RollbackIncomplete(IncompleteError):
+    """@alias moved back (or may have) but the rest of the rollback is not written (exit 5)."""
+
+    def __init__(self, result: RollbackResult) -> None:
+        self.result = result
+        hint = f"promote rollback {result.model}" + (
+            "" if result.alias == "Production" else f" --alias {result.alias}")
+        super().__init__(incomplete_message(result.alias, result.model, result.restored_version,
+                                            result.applied, result.missing, hint))
 
 
 class RollbackConflict(ConflictError):
@@ -114,12 +155,30 @@ class VersionStatus:
 
 
 @dataclass(frozen=True)
+class Interrupted:
+    """An alias-moving operation that did not finish, as `status` reads it."""
+
+    intent: Intent
+    state: State  # what became of it: applied | not_applied | superseded
+
+    @property
+    def summary(self) -> str:
+        i = self.intent
+        said = {"applied": f"@{i.alias} moved to version {i.target}; its record is incomplete",
+                "not_applied": f"@{i.alias} did not move; nothing moved",
+                "superseded": f"@{i.alias} was moved elsewhere outside Promote"}[self.state]
+        return f"{i.describe}: {said}; `{i.finish_hint()}` finishes it"
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     model: str
     aliases: tuple[tuple[str, str], ...]  # (alias, version), sorted by alias
     versions: tuple[VersionStatus, ...]  # every aliased or pending version, newest first
     latest_version: str | None
     tracking_uri: str
+    interrupted: Interrupted | None = None  # an operation's write-ahead intent left behind
+    lease: str | None = None  # who holds the model's lease now (someone is writing)
     return_code: ClassVar[int] = int(ExitCode.OK)
 
     @property

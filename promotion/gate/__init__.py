@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from promotion.engine.results import (
     GateConflict,
+    GateIncomplete,
     GateResult,
     History,
     ModelStatus,
     RollbackConflict,
+    RollbackIncomplete,
     RollbackResult,
     VersionStatus,
 )
@@ -26,10 +28,12 @@ from promotion.gate.status import read_history, read_status
 
 __all__ = [
     "GateConflict",
+    "GateIncomplete",
     "GateResult",
     "History",
     "ModelStatus",
     "RollbackConflict",
+    "RollbackIncomplete",
     "RollbackResult",
     "VersionStatus",
     "apply_rollback",

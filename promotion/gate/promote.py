@@ -1,19 +1,21 @@
-"""The gate: decide, then apply a pass write-ahead; rollback; status and history reads.
+"""The gate: decide, then write the decision; a pass is applied write-ahead.
 
-Applying a pass, in this order (each step one or a few registry writes):
-  1. create the decision record run (outcome `pending`);
-  2. tag the candidate `promotion.decision=pending` (the write-ahead marker) and its context tags;
-  3. re-read the alias: if it no longer points where the decision compared against, tag the
+Every gate that writes holds the model's lease (promotion.registry.lease) and first finishes
+whatever an interrupted command left (promotion.gate.recovery). Applying a pass, in this order:
+  1. record the intent (promotion.engine.intent) on the registered model;
+  2. create the decision record run (outcome `pending`, carrying the intent's operation id);
+  3. tag the candidate `promotion.decision=pending` (the write-ahead marker) and its context tags;
+  4. re-read the alias: if it no longer points where the decision compared against, tag the
      candidate `conflict`, close the record, raise ConflictError (exit 3); nothing moved;
-  4. point `<alias>-previous` at the displaced version;
-  5. point the alias at the candidate;
-  6. tag the candidate `promoted`, close the record (report JSON/Markdown, chart).
-
-A crash after step 2 leaves `pending` on the candidate, which `promote status` shows. The next gate
-resolves it from where the alias actually points: if the alias points at a version left `pending`
-by a gate of that same alias (its `promotion.alias` tag), step 5 happened, so it completes the
-record as `promoted`; if not, nothing moved, and gating that version again decides it afresh. A
-rejection writes the record (run + tags) and moves nothing. A dry run writes nothing at all.
+  5. point `<alias>-previous` at the displaced version;
+  6. point the alias at the candidate (the move);
+  7. tag the candidate `promoted`, close the record (report JSON/Markdown, chart), clear the
+     intent.
+A registry failure before step 6 is "nothing moved" (exit 3): `-previous` is put back, the record
+closed as interrupted. After step 6 (or when its answer was lost) the gate retries what remains
+and, if that still fails, says what moved and what is missing (exit 5); the intent stays and the
+next gate, rollback or status finds it. A rejection writes the record (run + tags) and moves
+nothing. A dry run writes nothing at all.
 """
 
 from __future__ import annotations
@@ -21,16 +23,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from promotion import registry, report
 from promotion.engine import records
 from promotion.engine.decision import decide
 from promotion.engine.facts import VersionFacts, version_or_none
+from promotion.engine.intent import Intent
 from promotion.engine.records import Entry, Trigger
-from promotion.engine.results import NOTHING, GateConflict, GateResult
-from promotion.errors import RegistryError
+from promotion.engine.results import NOTHING, GateConflict, GateIncomplete, GateResult
+from promotion.errors import NothingMoved, RegistryError
 from promotion.evaluation import evaluate
+from promotion.gate.operation import (
+    Operation,
+    Session,
+    nothing_moved_unless_said,
+    still,
+    writing,
+)
+from promotion.gate.recovery import INTERRUPTED
 from promotion.policy.model import DEFAULT_ALIAS, Candidate, Policy, previous_alias
 from promotion.registry import records as store
 from promotion.registry.client import describe_uri
@@ -46,7 +57,22 @@ def needs_evaluation(policy: Policy) -> bool:
 def run_gate(client: MlflowClient, policy: Policy, *, candidate: Candidate | None = None,
              dry_run: bool = False) -> GateResult:
     """Decide whether the candidate replaces the alias's version, and apply it unless dry_run."""
-    selector = candidate or policy.candidate
+    with nothing_moved_unless_said(policy.alias):
+        result = _decide(client, policy, candidate or policy.candidate, dry_run)
+    if dry_run:
+        return result
+    alias = policy.alias
+    with nothing_moved_unless_said(alias, result.production_version), \
+            writing(client, policy.model, purpose=f"gate of @{alias}") as session:
+        result = _resolve(client, result, session)
+        if result.decision.outcome == "promoted":
+            return _apply(client, result, session)
+        return _record_only(client, result, session)
+
+
+def _decide(client: MlflowClient, policy: Policy, selector: Candidate,
+            dry_run: bool) -> GateResult:
+    """Gather the facts (reads only) and decide."""
     model, alias = policy.model, policy.alias
     # Independent reads, concurrently: the alias (this also proves the model exists) and the
     # candidate; then both versions' runs.
@@ -59,45 +85,53 @@ def run_gate(client: MlflowClient, policy: Policy, *, candidate: Candidate | Non
     facts = registry.parallel(reads)
     cand, prod = facts[0], (facts[1] if len(facts) > 1 else None)
 
-    resolved = None
-    if prod is not None and _pending_for(prod, alias):
-        resolved = (f"version {prod.version} was left pending by an interrupted gate; "
-                    f"@{alias} points at it, so it "
-                    f"{'would be' if dry_run else 'is'} recorded as promoted")
-        if not dry_run:
-            _complete_interrupted(client, prod)
-
     evaluation = None
     if needs_evaluation(policy) and (prod is None or prod.version != cand.version):
         evaluation = evaluate(client, policy, cand, prod)
-
-    decision = decide(policy, cand, prod, evaluation)
-    trigger = Trigger.from_env()
-    result = GateResult(policy=policy, decision=decision, candidate=cand, production=prod,
-                        dry_run=dry_run, decided_at=records.utc_now(), trigger=trigger,
-                        tracking_uri=describe_uri(client), evaluation=evaluation,
-                        resolved=resolved)
-    if dry_run:
-        return result
-    if decision.outcome == "promoted":
-        return _apply(client, result)
-    return _record_only(client, result)
+    pending = dry_run and prod is not None and _pending_for(prod, alias)
+    return GateResult(policy=policy, decision=decide(policy, cand, prod, evaluation),
+                      candidate=cand, production=prod, dry_run=dry_run,
+                      decided_at=records.utc_now(), trigger=Trigger.from_env(),
+                      tracking_uri=describe_uri(client), evaluation=evaluation,
+                      resolved=_pending_note(prod, alias, "would be") if pending else None)
 
 
-def _entry(result: GateResult, outcome: str | None = None, reason: str | None = None) -> Entry:
+def _pending_note(prod: VersionFacts | None, alias: str, verb: str) -> str:
+    version = prod.version if prod is not None else "?"
+    return (f"version {version} was left pending by an interrupted gate; @{alias} points at it, "
+            f"so it {verb} recorded as promoted")
+
+
+def _resolve(client: MlflowClient, result: GateResult, session: Session) -> GateResult:
+    """What an interrupted command left: the recovery's note, or (for a marker written before
+    intents existed) a pending version the alias points at, completed as promoted."""
+    if session.recovered is not None:
+        return replace(result, resolved=session.recovered.note)
+    prod, alias = result.production, result.policy.alias
+    if prod is not None and _pending_for(prod, alias) and session.aliases.get(alias) == \
+            prod.version:
+        _complete_interrupted(client, prod)
+        return replace(result, resolved=_pending_note(prod, alias, "is"))
+    return result
+
+
+def _entry(result: GateResult, outcome: str | None = None, reason: str | None = None,
+           operation: str | None = None) -> Entry:
     d = result.decision
     return Entry(kind="gate", model=d.model, alias=d.alias, outcome=outcome or result.outcome,
                  candidate_version=d.candidate_version, compared_to=d.production_version,
                  decided_at=result.decided_at, reason=reason or d.summary,
                  triggered_by=result.trigger.describe(), policy=result.policy.path,
                  policy_sha256=result.policy.sha256,
-                 eval_sha256=result.evaluation.data_sha256 if result.evaluation else None)
+                 eval_sha256=result.evaluation.data_sha256 if result.evaluation else None,
+                 operation=operation)
 
 
-def _record_only(client: MlflowClient, result: GateResult) -> GateResult:
+def _record_only(client: MlflowClient, result: GateResult, session: Session) -> GateResult:
     """Rejected, inconclusive or already: write the record, move nothing."""
-    entry = _entry(result)
+    entry = _entry(result, operation=session.operation)
     run = store.open_run(client, entry, result.trigger)
+    session.run_id = run.run_id
     result = replace(result, record_run_id=run.run_id)
     if result.decision.outcome != "already":
         # An `already` decision leaves the version's standing record (how it got there) alone.
@@ -107,39 +141,83 @@ def _record_only(client: MlflowClient, result: GateResult) -> GateResult:
     return result
 
 
-def _apply(client: MlflowClient, result: GateResult) -> GateResult:
+def _apply(client: MlflowClient, result: GateResult, session: Session) -> GateResult:
     model, alias = result.policy.model, result.policy.alias
     version, displaced = result.candidate_version, result.production_version
-
-    entry = _entry(result, outcome="pending")
-    run = store.open_run(client, entry, result.trigger)
-    result = replace(result, record_run_id=run.run_id)
-    # The marker and its context, concurrently: all are written before anything moves, which is
-    # what makes an interruption visible.
-    registry.set_tags(client, model, version, {
-        records.DECISION: "pending", **entry.version_tags(result.trigger, run.run_id)})
-
-    now = registry.alias_version(client, model, alias)
-    if now != displaced:
-        result = replace(result, conflict=True, conflict_version=now)
-        reason = (f"@{alias} moved from {version_or_none(displaced, NOTHING)} to "
-                  f"{version_or_none(now, NOTHING)} while deciding; nothing was moved")
-        registry.set_tags(client, model, version, {records.DECISION: "conflict",
-                                                   records.REASON: reason})
-        _close(client, run, result, _entry(result, reason=reason))
-        raise GateConflict(result)
-
-    if displaced is not None:
-        registry.set_alias(client, model, previous_alias(alias), displaced)
-    registry.set_alias(client, model, alias, version)
-    registry.set_tags(client, model, version, {records.DECISION: "promoted"})
-    result = replace(result, applied=True)
+    kept = previous_alias(alias)
+    op = Operation(client, Intent(
+        operation=session.operation, kind="gate", model=model, alias=alias, previous_alias=kept,
+        source=displaced, target=version, previous_source=session.aliases.get(kept),
+        previous_target=displaced, started_at=records.utc_now(),
+        holder=result.trigger.describe(), policy=result.policy.path))
+    op.begin()
+    entry = _entry(result, outcome="pending", operation=session.operation)
+    run: store.RecordRun | None = None
+    wrote_previous = False
     try:
-        _close(client, run, result, _entry(result))
+        run = store.open_run(client, entry, result.trigger)
+        session.run_id = run.run_id
+        result = replace(result, record_run_id=run.run_id)
+        # The marker and its context, concurrently: all are written before anything moves,
+        # which is what makes an interruption visible.
+        registry.set_tags(client, model, version, {
+            records.DECISION: "pending", **entry.version_tags(result.trigger, run.run_id)})
+        now = registry.alias_version(client, model, alias)
+        if now != displaced:
+            _conflict(client, op, replace(result, conflict=True, conflict_version=now), run)
+        if displaced is not None:
+            wrote_previous = True
+            registry.set_alias(client, model, kept, displaced)
+        op.move(alias, version)
+    except GateConflict:
+        raise
     except RegistryError as exc:
-        raise RegistryError(f"version {version} was promoted (@{alias} moved), but its record "
-                            f"run {run.run_id} could not be completed: {exc}") from exc
+        _nothing_moved(client, op, run, exc, undo_previous=wrote_previous)
+    result = replace(result, applied=op.moved is True)
+    if op.moved is None:
+        raise GateIncomplete(replace(result, missing=(f"@{alias}: its write got no answer",)))
+    missing = op.finish([
+        (f"the `promoted` tag on version {version}",
+         partial(registry.set_tags, client, model, version, {records.DECISION: "promoted"})),
+        (f"the decision record (run {run.run_id})" if run else "the decision record",
+         partial(_close, client, run, result, _entry(result, operation=session.operation))),
+    ])
+    if missing:
+        raise GateIncomplete(replace(result, missing=missing))
     return result
+
+
+def _conflict(client: MlflowClient, op: Operation, result: GateResult,
+              run: store.RecordRun) -> NoReturn:
+    """The alias moved while deciding: record the conflict, move nothing (exit 3)."""
+    model, alias = result.policy.model, result.policy.alias
+    reason = (f"@{alias} moved from {version_or_none(result.production_version, NOTHING)} to "
+              f"{version_or_none(result.conflict_version, NOTHING)} while deciding; nothing was "
+              "moved")
+    registry.set_tags(client, model, result.candidate_version,
+                      {records.DECISION: "conflict", records.REASON: reason})
+    _close(client, run, result, _entry(result, reason=reason, operation=op.intent.operation))
+    op.abandon([])
+    raise GateConflict(result)
+
+
+def _nothing_moved(client: MlflowClient, op: Operation, run: store.RecordRun | None,
+                   exc: RegistryError, *, undo_previous: bool) -> NoReturn:
+    """A registry failure before the move: undo `-previous`, close the record as interrupted,
+    and say so first (exit 3). What cannot be done now, the next command's recovery does."""
+    intent = op.intent
+    reason = f"interrupted before @{intent.alias} moved ({exc}); nothing moved"
+    steps = [(f"@{intent.previous_alias} put back", partial(
+        registry.point_alias, client, intent.model, intent.previous_alias,
+        intent.previous_source))] if undo_previous else []
+    if run is not None:
+        steps += [("the candidate's tag", partial(
+            registry.set_tags, client, intent.model, intent.target,
+            {records.DECISION: INTERRUPTED, records.REASON: reason})),
+            ("the record", partial(store.set_run_outcome, client, run.run_id, INTERRUPTED,
+                                   reason, failed=True))]
+    op.abandon(steps)
+    raise NothingMoved(f"{still(intent)}: {exc}") from exc
 
 
 def _close(client: MlflowClient, run: store.RecordRun, result: GateResult, entry: Entry, *,

@@ -1,23 +1,36 @@
 """Rollback: point the alias back at `<alias>-previous`, and `-previous` at what it displaced.
 
-Split into a plan (reads only) and its application (re-read both aliases, then write the alias
-before `-previous`), so that an alias moved in between is a conflict and nothing moves.
+Split into a plan (reads only) and its application, which holds the model's lease, records its
+intent before the first alias write, re-reads both aliases (an alias moved in between is a
+conflict: nothing moves), then writes the alias before `-previous`. An interrupted rollback is
+completed by the next rollback, gate or recovery (promotion.gate.recovery), never applied twice:
+retrying a rollback whose alias already moved completes that rollback instead of undoing it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from promotion import registry, report
 from promotion.engine import records
 from promotion.engine.facts import version_or_none
+from promotion.engine.intent import Intent
 from promotion.engine.records import Entry, Trigger
-from promotion.engine.results import NOTHING, RollbackConflict, RollbackResult
-from promotion.errors import InvalidInput
+from promotion.engine.results import NOTHING, RollbackConflict, RollbackIncomplete, RollbackResult
+from promotion.errors import InvalidInput, NothingMoved, RegistryError
+from promotion.gate.operation import (
+    Operation,
+    Session,
+    Step,
+    nothing_moved_unless_said,
+    still,
+    writing,
+)
+from promotion.gate.recovery import INTERRUPTED
 from promotion.policy.model import DEFAULT_ALIAS, previous_alias
+from promotion.registry import journal
 from promotion.registry import records as store
 from promotion.registry.client import describe_uri
 
@@ -31,11 +44,22 @@ def run_rollback(client: MlflowClient, model: str, alias: str = DEFAULT_ALIAS, *
 
     Rolling back a rollback therefore flips them again. Exit 2 when there is nothing to roll
     back to; exit 3 (RollbackConflict) when either alias moves between the read and the writes.
+    An interrupted rollback of this alias is completed, not repeated.
     """
-    planned = plan_rollback(client, model, alias, dry_run=dry_run)
-    if dry_run:
-        return planned
-    return apply_rollback(client, planned)
+    with nothing_moved_unless_said(alias):
+        state = journal.read_state(client, model)
+    if dry_run or state.intent is None:
+        planned = _plan(client, model, alias, state.aliases, dry_run=dry_run)
+        if dry_run:
+            return planned
+    with nothing_moved_unless_said(alias, state.aliases.get(alias)), \
+            writing(client, model, purpose=f"rollback of @{alias}") as session:
+        done = session.recovered
+        if done is not None and done.intent.kind == "rollback" and done.intent.alias == alias \
+                and done.state == "applied":
+            return _completed(client, done.intent, done.note)
+        planned = _plan(client, model, alias, session.aliases, dry_run=False)
+        return _apply(client, planned, session)
 
 
 def _rollback_aliases(client: MlflowClient, model: str,
@@ -51,7 +75,14 @@ def plan_rollback(client: MlflowClient, model: str, alias: str = DEFAULT_ALIAS, 
                   dry_run: bool = False) -> RollbackResult:
     """Read both aliases and say what a rollback would move; writes nothing."""
     current, previous = _rollback_aliases(client, model, alias)
-    kept = previous_alias(alias)
+    aliases = {k: v for k, v in ((alias, current), (previous_alias(alias), previous)) if v}
+    return _plan(client, model, alias, aliases, dry_run=dry_run)
+
+
+def _plan(client: MlflowClient, model: str, alias: str, aliases: dict[str, str], *,
+          dry_run: bool) -> RollbackResult:
+    current, kept = aliases.get(alias), previous_alias(alias)
+    previous = aliases.get(kept)
     if previous is None:
         raise InvalidInput(f"nothing to roll back to: model {model!r} has no alias @{kept}")
     if previous == current:
@@ -63,47 +94,106 @@ def plan_rollback(client: MlflowClient, model: str, alias: str = DEFAULT_ALIAS, 
                           tracking_uri=describe_uri(client))
 
 
+def _completed(client: MlflowClient, intent: Intent, note: str) -> RollbackResult:
+    return RollbackResult(model=intent.model, alias=intent.alias,
+                          restored_version=intent.target, displaced_version=intent.source,
+                          dry_run=False, decided_at=records.utc_now(),
+                          trigger=Trigger.from_env(), tracking_uri=describe_uri(client),
+                          applied=True, completed=note)
+
+
 def apply_rollback(client: MlflowClient, planned: RollbackResult) -> RollbackResult:
-    """Carry out a plan: open the record, re-read both aliases, then move them and tag.
+    """Carry out a plan under the model's lease (see `_apply`)."""
+    with nothing_moved_unless_said(planned.alias, planned.displaced_version), \
+            writing(client, planned.model, purpose=f"rollback of @{planned.alias}") as session:
+        return _apply(client, planned, session)
+
+
+def _apply(client: MlflowClient, planned: RollbackResult, session: Session) -> RollbackResult:
+    """Record the intent and the record run, re-read both aliases, then move them and tag.
 
     If either alias no longer points where the plan read it, the record is closed as `conflict`
     and RollbackConflict (exit 3) is raised before anything moves. The alias is written before
-    `<alias>-previous`: a crash between the two leaves both on the restored version, which the
-    alias was meant to reach; the next rollback then stops with "nothing to roll back" (exit 2).
+    `<alias>-previous`; what is interrupted after the alias moved is completed by the next
+    command, from the intent.
     """
     model, alias, kept = planned.model, planned.alias, planned.previous_alias
     previous, current = planned.restored_version, planned.displaced_version
     reason = (f"rollback: @{alias} moved back from {version_or_none(current, NOTHING)} to "
               f"version {previous}")
-    entry = Entry(kind="rollback", model=model, alias=alias, outcome="rollback",
+    entry = Entry(kind="rollback", model=model, alias=alias, outcome="pending",
                   candidate_version=previous, compared_to=current, decided_at=planned.decided_at,
-                  reason=reason, triggered_by=planned.trigger.describe())
-    run = store.open_run(client, entry, planned.trigger)
-    run_id = run.run_id
-    result = replace(planned, record_run_id=run_id)
-
-    now = _rollback_aliases(client, model, alias)
-    if now != (current, previous):
-        conflict = RollbackConflict(result, now)
-        store.set_run_outcome(client, run_id, "conflict", str(conflict))
-        raise conflict
-
-    registry.set_alias(client, model, alias, previous)
-    if current is not None:
-        registry.set_alias(client, model, kept, current)
-    result = replace(result, applied=True)
-
-    restored = {records.DECISION: "restored", **entry.version_tags(result.trigger, run_id)}
-    writes: list[Callable[[], None]] = [
-        partial(registry.set_tags, client, model, previous, restored)]
-    if current is not None:
-        writes.append(partial(registry.set_tags, client, model, current, {
-            records.DECISION: "rolled_back", records.DECIDED_AT: result.decided_at,
-            records.COMPARED_TO: previous,
-            records.REASON: f"replaced by version {previous} in a rollback of @{alias}",
-            records.RECORD_RUN: run_id}))
-    registry.parallel(writes)
-
-    store.close_run(client, run, entry, result.trigger, retag=False,
-                    files=report.record_files(result))
+                  reason=reason, triggered_by=planned.trigger.describe(),
+                  operation=session.operation)
+    op = Operation(client, Intent(
+        operation=session.operation, kind="rollback", model=model, alias=alias,
+        previous_alias=kept, source=current, target=previous, previous_source=previous,
+        previous_target=current, started_at=records.utc_now(),
+        holder=planned.trigger.describe()))
+    op.begin()
+    run: store.RecordRun | None = None
+    try:
+        run = store.open_run(client, entry, planned.trigger)
+        session.run_id = run.run_id
+        now = _rollback_aliases(client, model, alias)
+        if now != (current, previous):
+            _conflict(client, op, replace(planned, record_run_id=run.run_id), run, now)
+        op.move(alias, previous)
+    except RollbackConflict:
+        raise
+    except RegistryError as exc:
+        _nothing_moved(client, op, run, exc)
+    result = replace(planned, record_run_id=run.run_id if run else None,
+                     applied=op.moved is True)
+    if op.moved is None:
+        raise RollbackIncomplete(replace(result, missing=(f"@{alias}: its write got no answer",)))
+    missing = op.finish(_finishing(client, result, entry, run))
+    if missing:
+        raise RollbackIncomplete(replace(result, missing=missing))
     return result
+
+
+def _finishing(client: MlflowClient, result: RollbackResult, entry: Entry,
+               run: store.RecordRun | None) -> list[Step]:
+    """The writes that complete an applied rollback, in order."""
+    model, alias, kept = result.model, result.alias, result.previous_alias
+    previous, current = result.restored_version, result.displaced_version
+    run_id = run.run_id if run else None
+    steps: list[Step] = []
+    if current is not None:
+        steps.append((f"@{kept} -> version {current}",
+                      partial(registry.set_alias, client, model, kept, current)))
+    restored = {records.DECISION: "restored", **entry.version_tags(result.trigger, run_id)}
+    steps.append((f"the `restored` tag on version {previous}",
+                  partial(registry.set_tags, client, model, previous, restored)))
+    if current is not None:
+        steps.append((f"the `rolled_back` tag on version {current}", partial(
+            registry.set_tags, client, model, current, {
+                records.DECISION: "rolled_back", records.DECIDED_AT: result.decided_at,
+                records.COMPARED_TO: previous,
+                records.REASON: f"replaced by version {previous} in a rollback of @{alias}",
+                **({records.RECORD_RUN: run_id} if run_id else {})})))
+    if run is not None:
+        final = replace(entry, outcome="rollback")
+        steps.append((f"the decision record (run {run.run_id})", partial(
+            store.close_run, client, run, final, result.trigger,
+            files=report.record_files(result))))
+    return steps
+
+
+def _conflict(client: MlflowClient, op: Operation, result: RollbackResult,
+              run: store.RecordRun, now: tuple[str | None, str | None]) -> NoReturn:
+    conflict = RollbackConflict(result, now)
+    store.set_run_outcome(client, run.run_id, "conflict", str(conflict))
+    op.abandon([])
+    raise conflict
+
+
+def _nothing_moved(client: MlflowClient, op: Operation, run: store.RecordRun | None,
+                   exc: RegistryError) -> NoReturn:
+    intent = op.intent
+    reason = f"interrupted before @{intent.alias} moved ({exc}); nothing moved"
+    steps = [] if run is None else [("the record", partial(
+        store.set_run_outcome, client, run.run_id, INTERRUPTED, reason, failed=True))]
+    op.abandon(steps)
+    raise NothingMoved(f"{still(intent)}: {exc}") from exc

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from promotion import registry
 from promotion.engine import records
-from promotion.engine.results import History, ModelStatus, VersionStatus
+from promotion.engine.intent import assess
+from promotion.engine.results import History, Interrupted, ModelStatus, VersionStatus
 from promotion.errors import InvalidInput
 from promotion.policy.model import DEFAULT_ALIAS
+from promotion.registry import journal, lease
 from promotion.registry import records as store
 from promotion.registry.client import describe_uri
 
@@ -20,22 +22,34 @@ if TYPE_CHECKING:
 
 def read_status(client: MlflowClient, model: str) -> ModelStatus:
     """Every alias, its version and that version's last decision; and any pending decision."""
-    rm = registry.registered_model(client, model)
-    aliases: dict[str, str] = {str(k): str(v) for k, v in (rm.aliases or {}).items()}
+    state = journal.read_state(client, model)
+    aliases = state.aliases
     wanted = sorted(set(aliases.values()), key=int, reverse=True)
     calls: list[Callable[[], Any]] = [
         partial(registry.versions_tagged, client, model, records.DECISION, "pending"),
         partial(_latest_or_none, client, model),
+        partial(lease.read_lease, client, model),
         *[partial(registry.get_version, client, model, v) for v in wanted],
     ]
     found = registry.parallel(calls)
-    pending, latest, aliased = found[0], found[1], found[2:]
+    pending, latest, held, aliased = found[0], found[1], found[2], found[3:]
+    interrupted = None if state.intent is None else Interrupted(
+        state.intent, assess(state.intent, aliases.get(state.intent.alias)))
     by_version = {str(mv.version): mv for mv in [*aliased, *pending]}
     rows = [_version_status(mv, aliases) for mv in by_version.values()]
     rows.sort(key=lambda r: int(r.version), reverse=True)
     return ModelStatus(model=model, aliases=tuple(sorted(aliases.items())),
                        versions=tuple(rows), latest_version=latest,
-                       tracking_uri=describe_uri(client))
+                       tracking_uri=describe_uri(client), interrupted=interrupted,
+                       lease=_lease(held))
+
+
+def _lease(held: lease.LeaseInfo | None) -> str | None:
+    if held is None:
+        return None
+    if lease.is_live(held):
+        return held.describe()
+    return f"nobody: a stale lease of {held.describe()} (the next command takes it over)"
 
 
 def _latest_or_none(client: MlflowClient, model: str) -> str | None:

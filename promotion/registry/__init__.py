@@ -4,6 +4,8 @@
     versions   reads: aliases, versions, their runs' metrics, searches (few calls, no scans)
     writes     writes: registering versions, alias moves, version tags
     records    decision records: runs in the `promotion-decisions` experiment
+    journal    the write-ahead intent on a registered model; the runs of one operation
+    lease      the per-model lease every alias-moving command holds
     models     a version's artifacts as files (download by number, measure)
     internals  every use of an MLflow internal, each behind one named function
 
@@ -29,7 +31,14 @@ from promotion.registry.versions import (
     version_facts,
     versions_tagged,
 )
-from promotion.registry.writes import create_version, ensure_registered_model, set_alias, set_tags
+from promotion.registry.writes import (
+    create_version,
+    delete_alias,
+    ensure_registered_model,
+    point_alias,
+    set_alias,
+    set_tags,
+)
 
 __all__ = [
     "PARALLEL_REQUESTS",
@@ -37,6 +46,7 @@ __all__ = [
     "alias_version",
     "connect",
     "create_version",
+    "delete_alias",
     "describe_uri",
     "ensure_registered_model",
     "get_version",
@@ -44,6 +54,7 @@ __all__ = [
     "latest_version",
     "name_clause",
     "parallel",
+    "point_alias",
     "quote",
     "registered_model",
     "registry_errors",

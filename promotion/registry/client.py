@@ -7,23 +7,29 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from promotion.errors import InvalidInput, RegistryError, redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+T = TypeVar("T")
+
 # MLflow's own HTTP retry settings, with bounds suited to a gate (MLflow's defaults retry 7 times
 # with a backoff factor of 2 and a 120 s timeout: minutes before an unreachable server is reported).
-# A value the user set in the environment always wins.
+# Worst case for one request to a server that accepts connections and never answers: 3 attempts
+# of 10 s plus the backoff between them (0 s, then 2 s, each with up to 0.5 s jitter), about
+# 34 s (tests/test_silent_registry.py measures it); a refused connection fails in about 2.5 s.
+# The first request that fails so ends the command (README: "How long a failure takes"). A value
+# the user set always wins.
 RETRY_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
 }
 
 
@@ -76,6 +82,18 @@ def use_for_fluent_logging(client: MlflowClient) -> None:
     import mlflow
 
     mlflow.set_tracking_uri(client.tracking_uri)
+
+
+def unless_missing(call: Callable[[], T]) -> T | None:
+    """`call()`, or None when MLflow answers that the thing it names does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call()
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
 
 
 @contextmanager

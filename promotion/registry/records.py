@@ -11,17 +11,19 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from promotion.engine.records import (
     EXPERIMENT,
     MODEL_KEY,
+    OPERATION,
     OUTCOME,
     REASON,
     Entry,
     Trigger,
     clip,
     model_key,
+    one_per_operation,
 )
 from promotion.registry.client import registry_errors
 from promotion.registry.internals import artifact_repository
@@ -29,6 +31,7 @@ from promotion.registry.internals import artifact_repository
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+DUPLICATE_ALLOWANCE = 10  # extra rows read so that hiding duplicates still fills `limit`
 _experiment_ids: dict[str, str] = {}  # tracking URI -> experiment id, for this process
 
 
@@ -86,22 +89,50 @@ def close_run(client: MlflowClient, run: RecordRun, entry: Entry, trigger: Trigg
         client.set_terminated(run.run_id, "FINISHED" if entry.outcome != "conflict" else "FAILED")
 
 
-def set_run_outcome(client: MlflowClient, run_id: str, outcome: str, reason: str) -> None:
-    """Update a record run's outcome (used when a later gate resolves an interrupted one)."""
+def set_run_outcome(client: MlflowClient, run_id: str, outcome: str, reason: str, *,
+                    failed: bool = False) -> None:
+    """Update a record run's outcome and end it (used when a later command resolves an
+    interrupted operation): FINISHED for a decision that stands, FAILED for an attempt that
+    moved nothing."""
     from mlflow.entities import RunTag
 
     with registry_errors("updating a decision record"):
         client.log_batch(run_id, tags=[RunTag(OUTCOME, outcome), RunTag(REASON, clip(reason))])
-        client.set_terminated(run_id, "FINISHED")
+        client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+@dataclass(frozen=True)
+class RunningRecord:
+    run_id: str
+    outcome: str
+    operation: str | None
+
+
+def search_records(client: MlflowClient, model: str, clause: str | None, *, what: str,
+                   order_by: str, limit: int) -> list[Any]:
+    """The model's decision runs matching `clause` (one query; none before the first record)."""
+    exp = experiment_id(client, create=False)
+    if exp is None:
+        return []
+    condition = f"tags.`{MODEL_KEY}` = '{model_key(model)}'" + (f" AND {clause}" if clause
+                                                               else "")
+    with registry_errors(what):
+        return list(client.search_runs([exp], filter_string=condition, order_by=[order_by],
+                                       max_results=limit))
+
+
+def running(client: MlflowClient, model: str) -> list[RunningRecord]:
+    """The model's decision runs still RUNNING (left by interrupted commands, or duplicates)."""
+    runs = search_records(client, model, "attributes.status = 'RUNNING'",
+                          what="reading unfinished decision records",
+                          order_by="attributes.start_time ASC", limit=100)
+    return [RunningRecord(str(r.info.run_id), r.data.tags.get(OUTCOME, ""),
+                          r.data.tags.get(OPERATION)) for r in runs]
 
 
 def history(client: MlflowClient, model: str, limit: int) -> list[Entry]:
     """The model's decisions, newest first: one query on the decisions experiment."""
-    exp = experiment_id(client, create=False)
-    if exp is None:
-        return []
-    with registry_errors("reading the decision history"):
-        runs = client.search_runs(
-            [exp], filter_string=f"tags.`{MODEL_KEY}` = '{model_key(model)}'",
-            order_by=["attributes.start_time DESC"], max_results=limit)
-    return [Entry.from_run(run) for run in runs]
+    runs = search_records(client, model, None, what="reading the decision history",
+                          order_by="attributes.start_time DESC",
+                          limit=limit + DUPLICATE_ALLOWANCE)
+    return one_per_operation([Entry.from_run(run) for run in runs])[:limit]

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 from promotion.engine.facts import VersionFacts
 from promotion.errors import InvalidInput
 from promotion.policy.model import Candidate
-from promotion.registry.client import registry_errors
+from promotion.registry.client import registry_errors, unless_missing
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -66,15 +67,7 @@ def _not_found_as(client: MlflowClient, model: str, message: str) -> Iterator[No
 
 
 def _exists(client: MlflowClient, model: str) -> bool:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        client.get_registered_model(model)
-    except MlflowException as exc:
-        if exc.error_code == NOT_FOUND:
-            return False
-        raise
-    return True
+    return unless_missing(partial(client.get_registered_model, model)) is not None
 
 
 def alias_target(client: MlflowClient, model: str, alias: str) -> ModelVersion | None:
@@ -156,16 +149,9 @@ def registered_model(client: MlflowClient, model: str) -> RegisteredModel:
 
 def run_metrics(client: MlflowClient, run_id: str) -> dict[str, float] | None:
     """The run's latest metric values, or None when the run no longer exists."""
-    from mlflow.exceptions import MlflowException
-
     with registry_errors(f"reading run {run_id}"):
-        try:
-            run = client.get_run(run_id)
-        except MlflowException as exc:
-            if exc.error_code == NOT_FOUND:
-                return None
-            raise
-    return dict(run.data.metrics)
+        run = unless_missing(partial(client.get_run, run_id))
+    return None if run is None else dict(run.data.metrics)
 
 
 def version_facts(client: MlflowClient, mv: ModelVersion) -> VersionFacts:

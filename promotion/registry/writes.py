@@ -48,6 +48,26 @@ def set_alias(client: MlflowClient, model: str, alias: str, version: str) -> Non
         registry_writer(client).set_registered_model_alias(model, alias, version)
 
 
+def delete_alias(client: MlflowClient, model: str, alias: str) -> None:
+    """Remove `alias` (absent already is fine)."""
+    from mlflow.exceptions import MlflowException
+
+    with registry_errors(f"removing @{alias} of model {model!r}"):
+        try:
+            registry_writer(client).delete_registered_model_alias(model, alias)
+        except MlflowException as exc:
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+
+
+def point_alias(client: MlflowClient, model: str, alias: str, version: str | None) -> None:
+    """Point `alias` at `version`, or remove it when `version` is None."""
+    if version is None:
+        delete_alias(client, model, alias)
+    else:
+        set_alias(client, model, alias, version)
+
+
 def set_tags(client: MlflowClient, model: str, version: str, tags: Mapping[str, str]) -> None:
     """Set version tags. MLflow has no batch call for them: one request each, sent in parallel."""
     writer = registry_writer(client)

@@ -114,7 +114,7 @@ def to_json(result: GateResult | RollbackResult) -> dict[str, Any]:
     return {**_decision_document(result, "gate", model=d.model, alias=d.alias,
                                  previous_alias=result.policy.previous_alias,
                                  outcome=result.outcome, details=details),
-            "resolved": result.resolved}
+            "resolved": result.resolved, **_completeness(result)}
 
 
 def to_json_text(result: GateResult | RollbackResult) -> str:
@@ -130,6 +130,9 @@ def _headline(result: GateResult) -> str:
                  "already": f"version {v} already holds @{alias}"}
         return f"DRY RUN: {would.get(d.outcome, f'{word}: version {v} would stay out')}" \
                " (nothing was written)"
+    if result.missing and not result.applied:
+        return (f"UNKNOWN: @{alias} may have moved to version {v} (its write got no answer); "
+                "the next gate or `promote status` tells")
     if result.outcome == "promoted":
         kept = f"; @{result.policy.previous_alias} -> version {p}" if p else ""
         return f"{word}: @{alias} -> version {v}{kept}"
@@ -167,6 +170,7 @@ def table(result: GateResult) -> str:
         lines.extend(grid(header, rows))
         lines.append("")
     lines.append(_headline(result))
+    lines.extend(_missing_lines(result))
     if result.outcome not in ("promoted", "already"):
         lines.extend(f"  - {reason}" for reason in d.reasons)
     if result.record_run_id:
@@ -226,6 +230,9 @@ def markdown(result: GateResult | RollbackResult, chart: str | None = None) -> s
         lines += ["| " + " | ".join(md(cell) for cell in row) + " |" for row in rows]
     if result.outcome not in ("promoted", "already"):
         lines += ["", "**Why:**", *[f"- {md(reason)}" for reason in d.reasons]]
+    if result.missing:
+        lines += ["", "**Record incomplete** (the model's next gate or rollback completes it):",
+                  *[f"- {md(what)}" for what in result.missing]]
     if chart:
         lines += ["", f"![candidate - Production, with confidence intervals]({chart})"]
     return "\n".join(lines) + "\n"
@@ -239,7 +246,22 @@ def _rollback_json(result: RollbackResult) -> dict[str, Any]:
     return _decision_document(result, "rollback", model=result.model, alias=result.alias,
                               previous_alias=result.previous_alias, outcome="rollback",
                               details={"restored_version": result.restored_version,
-                                       "displaced_version": result.displaced_version})
+                                       "displaced_version": result.displaced_version,
+                                       "completed": result.completed,
+                                       **_completeness(result)})
+
+
+def _completeness(result: GateResult | RollbackResult) -> dict[str, Any]:
+    """Whether everything that follows a move was written, and what is missing."""
+    return {"record_complete": not result.missing, "missing": list(result.missing)}
+
+
+def _missing_lines(result: GateResult | RollbackResult) -> list[str]:
+    if not result.missing:
+        return []
+    return ["INCOMPLETE: the record of this move is not complete; the model's next gate or "
+            "rollback (or `promote status`) completes it. Missing:",
+            *[f"  - {what}" for what in result.missing]]
 
 
 def rollback_text(result: RollbackResult) -> str:
@@ -247,10 +269,13 @@ def rollback_text(result: RollbackResult) -> str:
              f"@{result.previous_alias} -> {version_or_none(result.displaced_version)}")
     if result.dry_run:
         return f"DRY RUN: would move {moved} (nothing was written)"
-    text = f"ROLLED BACK model {result.model}: {moved}"
+    if result.completed:
+        return f"COMPLETED: {result.completed}; @{result.alias} -> version " \
+               f"{result.restored_version}; nothing else was rolled back"
+    lines = [f"ROLLED BACK model {result.model}: {moved}", *_missing_lines(result)]
     if result.record_run_id:
-        text += "\n" + _record_line(result.record_run_id)
-    return text
+        lines.append(_record_line(result.record_run_id))
+    return "\n".join(lines)
 
 
 def _rollback_markdown(result: RollbackResult) -> str:

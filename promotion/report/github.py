@@ -11,7 +11,10 @@ from promotion.report.decision import markdown
 
 
 def github_outputs(result: GateResult) -> dict[str, str]:
-    return {"decision": result.outcome, "candidate_version": result.candidate_version,
+    # A move whose record is incomplete is told apart from one that is complete: a workflow
+    # can stop on it (the next command completes it).
+    decision = f"{result.outcome}-incomplete" if result.missing else result.outcome
+    return {"decision": decision, "candidate_version": result.candidate_version,
             "production_version": result.production_version or "",
             "dry_run": "true" if result.dry_run else "false"}
 

@@ -25,6 +25,10 @@ def status_table(status: ModelStatus) -> str:
                          shown(v.compared_to), v.reason or DASH] for v in status.versions])
     for v in status.pending:
         lines.append(f"PENDING version {v.version}: {v.note}")
+    if status.interrupted is not None:
+        lines.append(f"INTERRUPTED {status.interrupted.summary}")
+    if status.lease is not None:
+        lines.append(f"LEASE held by {status.lease}: a Promote command is writing this model")
     return "\n".join(lines)
 
 
@@ -35,7 +39,19 @@ def status_json(status: ModelStatus) -> dict[str, Any]:
         "versions": [{"version": v.version, "aliases": list(v.aliases), "decision": v.decision,
                       "decided_at": v.decided_at, "compared_to": v.compared_to,
                       "reason": v.reason, "note": v.note} for v in status.versions],
+        "interrupted": _interrupted(status),
+        "lease": status.lease,
     }, status.tracking_uri)
+
+
+def _interrupted(status: ModelStatus) -> dict[str, Any] | None:
+    found = status.interrupted
+    if found is None:
+        return None
+    i = found.intent
+    return {"kind": i.kind, "alias": i.alias, "from_version": i.source, "to_version": i.target,
+            "state": found.state, "started_at": i.started_at, "holder": i.holder,
+            "operation": i.operation, "finish": i.finish_hint(), "summary": found.summary}
 
 
 def history_table(history: History) -> str:

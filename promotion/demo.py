@@ -32,7 +32,7 @@ from promotion.policy.load import load_policy
 from promotion.policy.model import Candidate, Policy
 from promotion.registry.client import quiet_mlflow_logs, registry_errors
 from promotion.report import demo as render
-from promotion.report import table
+from promotion.report.decision import table
 from promotion.serve.follower import version_loader
 from promotion.training import (
     PreparedData,

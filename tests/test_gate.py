@@ -498,7 +498,7 @@ RULE_FIELDS = {"metric", "kind", "source", "passed", "inconclusive", "candidate"
 
 
 def test_json_schema_is_stable_and_holds_no_nan():
-    from promotion.report import to_json_text
+    from promotion.report.decision import to_json_text
 
     doc = json.loads(to_json_text(_result(math.nan)))
     assert set(doc) == JSON_FIELDS and doc["schema_version"] == 1
@@ -508,7 +508,7 @@ def test_json_schema_is_stable_and_holds_no_nan():
 
 
 def test_table_lists_every_check_aligned():
-    from promotion.report import table
+    from promotion.report.decision import table
 
     text = table(_result(0.4, dry_run=True))
     lines = text.splitlines()
@@ -523,7 +523,7 @@ def test_table_lists_every_check_aligned():
 
 
 def test_markdown_escapes_table_cells():
-    from promotion.report import markdown
+    from promotion.report.decision import markdown
 
     text = markdown(_result(0.6))
     assert "| rmse min_improvement | 0.6 | 0.5 | 0.495 | FAIL |" in text
@@ -531,7 +531,7 @@ def test_markdown_escapes_table_cells():
 
 
 def test_github_outputs_are_multiline_safe():
-    from promotion.report import output_lines
+    from promotion.report.github import output_lines
 
     values = {"decision": "rejected", "reason": "line one\nline two\nname<<EOF"}
     assert _parse_outputs(output_lines(values)) == values

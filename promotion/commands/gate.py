@@ -9,7 +9,8 @@ from promotion.gate import GateConflict, GateIncomplete, run_gate
 from promotion.policy.load import load_policy
 from promotion.policy.model import Candidate
 from promotion.registry.client import connect
-from promotion.report import table, to_json_text, write_github
+from promotion.report.decision import table, to_json_text
+from promotion.report.github import write_github
 
 
 @click.command("gate")

@@ -7,7 +7,8 @@ import click
 from promotion.commands import tracking_uri
 from promotion.gate import read_history
 from promotion.registry.client import connect
-from promotion.report import dumps, history_json, history_table
+from promotion.report.status import history_json, history_table
+from promotion.report.text import dumps
 
 
 @click.command("history")

@@ -8,7 +8,7 @@ from promotion.commands import tracking_uri
 from promotion.gate import RollbackIncomplete, run_rollback
 from promotion.policy.model import DEFAULT_ALIAS
 from promotion.registry.client import connect
-from promotion.report import rollback_text, to_json_text
+from promotion.report.decision import rollback_text, to_json_text
 
 
 @click.command("rollback")

@@ -7,7 +7,8 @@ import click
 from promotion.commands import tracking_uri
 from promotion.gate import read_status
 from promotion.registry.client import connect
-from promotion.report import dumps, status_json, status_table
+from promotion.report.status import status_json, status_table
+from promotion.report.text import dumps
 
 
 @click.command("status")

@@ -10,14 +10,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-NO_VERSION = "no version"
-
-
-def version_or_none(version: str | None, none: str = NO_VERSION) -> str:
-    """`version 3`, or `none` when no version is meant (reports say "no version"; messages about
-    an alias say "nothing")."""
-    return f"version {version}" if version else none
-
 
 def _frozen(mapping: Mapping | None) -> Mapping:
     return MappingProxyType(dict(mapping or {}))

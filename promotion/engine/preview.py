@@ -18,7 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 from promotion.engine.decision import Decision, decide
-from promotion.engine.facts import VersionFacts, version_or_none
+from promotion.engine.facts import VersionFacts
+from promotion.engine.naming import version_or_none
 from promotion.errors import ExitCode
 from promotion.policy.model import Policy
 

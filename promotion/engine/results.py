@@ -10,8 +10,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from promotion.engine.decision import Decision
-from promotion.engine.facts import EvaluationFacts, VersionFacts, version_or_none
+from promotion.engine.facts import EvaluationFacts, VersionFacts
 from promotion.engine.intent import Intent, State
+from promotion.engine.naming import version_or_none
 from promotion.engine.records import Entry, Trigger
 from promotion.errors import ConflictError, ExitCode, IncompleteError
 from promotion.policy.model import Policy, previous_alias

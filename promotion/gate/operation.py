@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from promotion import registry
-from promotion.engine.facts import version_or_none
 from promotion.engine.intent import Intent
+from promotion.engine.naming import version_or_none
 from promotion.errors import ConflictError, NothingMoved, RegistryError
 from promotion.gate.recovery import INTERRUPTED, Recovery, recover
 from promotion.registry import journal, lease

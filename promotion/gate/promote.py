@@ -25,11 +25,12 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from promotion import registry, report
+from promotion import registry
 from promotion.engine import records
 from promotion.engine.decision import decide
-from promotion.engine.facts import VersionFacts, version_or_none
+from promotion.engine.facts import VersionFacts
 from promotion.engine.intent import Intent
+from promotion.engine.naming import version_or_none
 from promotion.engine.records import Entry, Trigger
 from promotion.engine.results import NOTHING, GateConflict, GateIncomplete, GateResult
 from promotion.errors import NothingMoved, RegistryError
@@ -45,6 +46,7 @@ from promotion.gate.recovery import INTERRUPTED
 from promotion.policy.model import DEFAULT_ALIAS, Candidate, Policy, previous_alias
 from promotion.registry import records as store
 from promotion.registry.client import describe_uri
+from promotion.report.decision import record_files
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -223,7 +225,7 @@ def _nothing_moved(client: MlflowClient, op: Operation, run: store.RecordRun | N
 def _close(client: MlflowClient, run: store.RecordRun, result: GateResult, entry: Entry, *,
            retag: bool = True) -> None:
     store.close_run(client, run, entry, result.trigger, retag=retag,
-                    files=report.record_files(result))
+                    files=record_files(result))
 
 
 def _pending_for(version: VersionFacts, alias: str) -> bool:

@@ -13,10 +13,10 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, NoReturn
 
-from promotion import registry, report
+from promotion import registry
 from promotion.engine import records
-from promotion.engine.facts import version_or_none
 from promotion.engine.intent import Intent
+from promotion.engine.naming import version_or_none
 from promotion.engine.records import Entry, Trigger
 from promotion.engine.results import NOTHING, RollbackConflict, RollbackIncomplete, RollbackResult
 from promotion.errors import InvalidInput, NothingMoved, RegistryError
@@ -33,6 +33,7 @@ from promotion.policy.model import DEFAULT_ALIAS, previous_alias
 from promotion.registry import journal
 from promotion.registry import records as store
 from promotion.registry.client import describe_uri
+from promotion.report.decision import record_files
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -177,7 +178,7 @@ def _finishing(client: MlflowClient, result: RollbackResult, entry: Entry,
         final = replace(entry, outcome="rollback")
         steps.append((f"the decision record (run {run.run_id})", partial(
             store.close_run, client, run, final, result.trigger,
-            files=report.record_files(result))))
+            files=record_files(result))))
     return steps
 
 

@@ -189,8 +189,9 @@ def _take_over(client: MlflowClient, name: str, stale: LeaseInfo) -> None:
     """Remove a stale lease, with one taker at most (see the module docstring)."""
     marker = f"{name}.takeover.{stale.stamp}"
     if not _create(client, marker, {TAG_PURPOSE: "takeover"}, "Promote: taking over a lease"):
-        found = client.get_registered_model(marker)
-        if _ms() - int(found.creation_timestamp or 0) > 2 * DEFAULT_TTL_S * 1000:
+        found = unless_missing(partial(client.get_registered_model, marker))
+        if found is not None and _ms() - int(found.creation_timestamp or 0) > \
+                2 * DEFAULT_TTL_S * 1000:
             _delete(client, marker)  # its taker died mid-takeover long ago
         return
     try:

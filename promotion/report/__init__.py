@@ -8,46 +8,8 @@
     chart     the decision chart (matplotlib, imported only when one is drawn)
 
 Renderers take frozen results (promotion.engine) and return text or bytes; they never read the
-registry, and nothing outside this package formats output for people.
+registry, and nothing outside this package formats output for people. Import them from their
+module (`from promotion.report.decision import table`): this package imports nothing itself, so
+that `promote policy validate` pays only for the policy renderers.
 """
 
-from __future__ import annotations
-
-from promotion.report.decision import (
-    chart_rows,
-    markdown,
-    record_files,
-    rollback_text,
-    table,
-    to_json,
-    to_json_text,
-)
-from promotion.report.github import github_outputs, output_lines, write_github
-from promotion.report.preview import RENDERERS, render_json, render_markdown, render_text
-from promotion.report.status import history_json, history_table, status_json, status_table
-from promotion.report.text import SCHEMA_VERSION, dumps, number, shown
-
-__all__ = [
-    "RENDERERS",
-    "SCHEMA_VERSION",
-    "chart_rows",
-    "dumps",
-    "github_outputs",
-    "history_json",
-    "history_table",
-    "markdown",
-    "number",
-    "output_lines",
-    "record_files",
-    "render_json",
-    "render_markdown",
-    "render_text",
-    "rollback_text",
-    "shown",
-    "status_json",
-    "status_table",
-    "table",
-    "to_json",
-    "to_json_text",
-    "write_github",
-]

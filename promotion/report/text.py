@@ -1,7 +1,7 @@
 """The primitives every renderer shares: cells, tables, Markdown escaping, JSON documents.
 
 One table builder (`grid`), one Markdown escaper (`md`), one way to say "version N or none"
-(`version_or_none`, from promotion.engine.facts), and one JSON envelope (`document`, which always
+(`version_or_none`, from promotion.engine.naming), and one JSON envelope (`document`, which always
 carries `schema_version`).
 Nothing here knows what a gate or a policy is.
 """
@@ -13,8 +13,8 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from promotion.engine.facts import NO_VERSION as NO_VERSION
-from promotion.engine.facts import version_or_none as version_or_none
+from promotion.engine.naming import NO_VERSION as NO_VERSION
+from promotion.engine.naming import version_or_none as version_or_none
 from promotion.errors import redact
 
 SCHEMA_VERSION = 1

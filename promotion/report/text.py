@@ -72,15 +72,6 @@ def code(text: str) -> str:
     return f"`{text.replace('`', '')}`"
 
 
-def md_table(header: Sequence[str], align: Sequence[str], rows: Sequence[Sequence[Any]],
-             *, escape: bool = True) -> list[str]:
-    """A Markdown table; `align` holds one of "l" / "r" per column."""
-    cells = [[md(c) if escape else str(c) for c in row] for row in rows]
-    marks = ["---:" if a == "r" else "---" for a in align]
-    return ["| " + " | ".join(header) + " |", "|" + "|".join(marks) + "|",
-            *["| " + " | ".join(row) + " |" for row in cells]]
-
-
 def document(kind: str, model: str | None, fields: Mapping[str, Any],
              tracking_uri: str | None = None) -> dict[str, Any]:
     """A `--json` document: schema_version and kind first, then its own fields (and the server)."""

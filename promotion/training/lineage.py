@@ -78,10 +78,6 @@ def git_info(where: str | os.PathLike[str] = ".", env: Mapping[str, str] | None 
     return GitInfo(commit=commit, branch=branch, dirty=dirty)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def data_sha256(features: pd.DataFrame, target: pd.Series) -> str:
     """A fingerprint of a feature matrix and its target, independent of platform and pandas.
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 # The decision tag of a version whose promotion was interrupted before the alias moved.
 INTERRUPTED = "interrupted"
+SUPERSEDED = "superseded"  # ... and one whose alias was moved outside Promote meanwhile
 
 
 @dataclass(frozen=True)
@@ -42,11 +43,11 @@ def recover(client: MlflowClient, intent: Intent, aliases: dict[str, str]) -> Re
                     else "it is recorded as a rollback")
         note = f"{intent.describe} had moved @{intent.alias}: {recorded} (completed at {when})"
     elif state == "not_applied":
-        _close_unmoved(client, intent, aliases, when, "interrupted before the alias moved; "
-                       "nothing moved")
+        _close_unmoved(client, intent, aliases, when, INTERRUPTED,
+                       "interrupted before the alias moved; nothing moved")
         note = f"{intent.describe} had moved nothing; recorded as interrupted"
     else:
-        _close_unmoved(client, intent, aliases, when,
+        _close_unmoved(client, intent, aliases, when, SUPERSEDED,
                        f"superseded: @{intent.alias} was moved to "
                        f"{aliases.get(intent.alias, 'nothing')} outside Promote meanwhile",
                        undo_previous=False)
@@ -89,13 +90,12 @@ def _complete(client: MlflowClient, intent: Intent, aliases: dict[str, str], whe
 
 
 def _close_unmoved(client: MlflowClient, intent: Intent, aliases: dict[str, str], when: str,
-                   why: str, *, undo_previous: bool = True) -> None:
+                   outcome: str, why: str, *, undo_previous: bool = True) -> None:
     model = intent.model
     if undo_previous and intent.kind == "gate" and \
             aliases.get(intent.previous_alias) != intent.previous_source:
         # A gate writes -previous before the alias: put it back where it was.
         registry.point_alias(client, model, intent.previous_alias, intent.previous_source)
-    outcome = INTERRUPTED if "superseded" not in why else "superseded"
     if intent.kind == "gate":
         registry.set_tags(client, model, intent.target, {
             records.DECISION: outcome,

@@ -1,4 +1,5 @@
-# `make demo`: set up and run the main job on the embedded default (a local SQLite store, no server).
+# `make demo`: set up and run the main job on the embedded default (a local SQLite store, no server):
+# train, gate, serve, then watch a bad promotion get rolled back.
 # `make test`: set up with the test extra and run every test against a real MLflow server.
 # Both are idempotent: the venv and the installs are redone only when pyproject.toml changes.
 
@@ -11,7 +12,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test install install-test lint bench clean
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/promote demo
+	$(VENV)/bin/promote demo --watch
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -50,6 +50,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "promotion.commands.serve",
         "Serve models:/MODEL@ALIAS over HTTP, following the alias as it moves.",
     ),
+    "watch": (
+        "promotion.commands.watch",
+        "Judge the version behind an alias on live traffic; roll a bad one back.",
+    ),
+    "feedback": (
+        "promotion.commands.feedback",
+        "Join ground-truth labels (CSV/Parquet) to logged predictions.",
+    ),
 }
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from promotion import registry
+from promotion.demo_watch import WatchLoop, run_watch_loop
 from promotion.engine.results import DemoResult, GateResult, GateRow, Phase, Prediction
 from promotion.errors import InvalidInput, redact
 from promotion.gate import run_gate
@@ -128,11 +129,12 @@ class _Clock:
 
 def run_demo(client: MlflowClient, *, candidates: str | Path = DEFAULT_CANDIDATES,
              policies: str | Path = DEFAULT_POLICIES, model_name: str | None = None,
-             rows: int = 5, details: bool = False, say: Callable[[str], None] = print
-             ) -> DemoResult:
+             rows: int = 5, details: bool = False, say: Callable[[str], None] = print,
+             watch_log: str | None = None) -> DemoResult:
     """Train every candidate config, gate each new version, load the alias and predict.
 
-    `details` also prints each gate's full report (what `promote gate` prints).
+    `details` also prints each gate's full report (what `promote gate` prints). With
+    `watch_log` (an inference log URI), the monitoring loop follows (promotion.demo_watch).
     """
     uri = str(client.tracking_uri)
     clock = _Clock()
@@ -165,14 +167,29 @@ def run_demo(client: MlflowClient, *, candidates: str | Path = DEFAULT_CANDIDATE
             say(line)
         after, predictions, served_rmse = _serve_step(client, model, alias, data, rows, clock,
                                                       say)
+        loop = _watch_step(client, gate_policies[0], configs, data, watch_log, clock, say) \
+            if watch_log and after is not None else None
 
     demo = DemoResult(tracking_uri=redact(uri), model=model, alias=alias,
                       trained=tuple(trained), gates=gates, production_before=before,
                       production_after=after, predictions=predictions,
-                      served_rmse=served_rmse, phases=tuple(clock.phases))
+                      served_rmse=served_rmse, phases=tuple(clock.phases), watch_loop=loop)
     for line in render.closing(demo, uri):
         say(line)
     return demo
+
+
+def _watch_step(client: MlflowClient, policy: Policy, configs: Sequence[TrainConfig],
+                data: PreparedData, log_uri: str, clock: _Clock,
+                say: Callable[[str], None]) -> WatchLoop | None:
+    """Serve, promote a candidate that is bad live, and let the watch roll it back."""
+    if policy.watch is None:
+        say(f"\n{policy.path} has no watch: block: no monitoring loop to show.")
+        return None
+    say("\nMonitoring: serve Production, promote a candidate that is bad on live data, watch.")
+    config = next((c for c in configs if c.estimator == "linear"), configs[0])
+    with clock.phase("monitoring loop"):
+        return run_watch_loop(client, policy, config, data, log_uri, say)
 
 
 def _renamed(config: TrainConfig, model: str) -> TrainConfig:

@@ -57,6 +57,12 @@ class NothingMoved(RegistryError):
     """A registry failure before any alias moved; the message says where the alias still is."""
 
 
+class LogUnavailable(FatalError):
+    """The inference log database could not be read or written (exit 3): nothing moved."""
+
+    exit_code = ExitCode.REGISTRY
+
+
 class IncompleteError(FatalError):
     """An alias moved (or may have), and what should follow it was not all written."""
 

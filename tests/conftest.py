@@ -269,9 +269,13 @@ def mlflow_server() -> Iterator[str]:
 
 
 @pytest.fixture(autouse=True)
-def _no_accidental_mlflow(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests that did not ask for a server must not reach one (nor write ./mlflow.db)."""
+def _no_accidental_mlflow(monkeypatch: pytest.MonkeyPatch,
+                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests that did not ask for a server must not reach one (nor write ./mlflow.db, nor an
+    inference log ./promote-log.db)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", NOWHERE)
+    log = tmp_path_factory.getbasetemp() / "promote-log.db"
+    monkeypatch.setenv("PROMOTE_LOG_URI", f"sqlite:///{log}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("PROMOTE_LOG_DIR", tempfile.gettempdir())
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -116,13 +116,27 @@ def test_demo_outside_the_repository_says_where_to_run_it(tmp_path, monkeypatch,
 
 
 def test_demo_on_the_embedded_default_as_make_demo_runs_it(tmp_path):
-    """`make demo` on a fresh clone: no server, no MLFLOW_TRACKING_URI, a SQLite file here."""
+    """`make demo` on a fresh clone: no server, no MLFLOW_TRACKING_URI, a SQLite file here;
+    then the monitoring loop: a promotion that is bad on live data, rolled back by the watch."""
     shutil.copytree(CANDIDATES.parent, tmp_path / "train")
     shutil.copytree(POLICIES, tmp_path / "policies")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    out = subprocess.run([sys.executable, "-m", "promotion", "demo"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, check=False, timeout=600)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MLFLOW_") and k != "PROMOTE_LOG_URI"}
+    out = subprocess.run([sys.executable, "-m", "promotion", "demo", "--watch"], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, check=False, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "promote-log.db").is_file()
+    loop = out.stdout.split("Monitoring:", 1)[1]
+    leaked = re.search(r"Trained version (\d+) with 'followup' .*: gate says PROMOTED", loop)
+    assert leaked, loop
+    bad = leaked[1]
+    served = re.search(r"Serving diabetes-regressor@Production \(version (\d+)\)", loop)[1]
+    assert re.search(rf"^BREACH  diabetes-regressor@Production version {bad} .*: rolled back "
+                     rf"to version {served} ", loop, re.M), loop
+    assert re.search(r"^feature_psi max .* BREACH .*worst: followup", loop, re.M)
+    assert re.search(r"^rmse max_regression .* BREACH ", loop, re.M)
+    assert f"The endpoint serves version {served} again." in loop
+    assert "Found extra inputs" not in out.stdout + out.stderr
     assert (tmp_path / "mlflow.db").is_file() and (tmp_path / "mlruns").is_dir()
     assert "Predictions from models:/diabetes-regressor@Production" in out.stdout
     assert len(printed_predictions(out.stdout)) == 5

@@ -246,7 +246,8 @@ def test_list_as_json(listed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     document = json.loads(capsys.readouterr().out)
     assert next(iter(document)) == "schema_version"  # first, like every --json document
     assert document == {"schema_version": 1, "kind": "policy-list", "policies": [
-        {"policy": "policies/team/d.yaml", "model": "fraud", "alias": "Production"}]}
+        {"policy": "policies/team/d.yaml", "model": "fraud", "alias": "Production",
+         "watched": False}]}
 
 
 @pytest.mark.parametrize(("select", "expected"), [

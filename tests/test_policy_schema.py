@@ -64,7 +64,8 @@ def test_schema_declares_draft_2020_12() -> None:
     schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert set(schema["properties"]) == {"model", "alias", "candidate", "when_no_production",
-                                         "evaluation", "metrics", "require_tags", "budgets"}
+                                         "evaluation", "metrics", "require_tags", "budgets",
+                                         "watch"}
 
 
 @pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)

@@ -111,7 +111,10 @@ def serving(tracking_uri: str, model: str, *args: str, ready: bool = True) -> It
     os.close(fd)
     log_path = Path(name)
     log = open(log_path, "wb")  # noqa: SIM115 - closed in finally
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
+    # The inference log goes to a scratch file, not ./promote-log.db, unless a test names one.
+    scratch = tempfile.TemporaryDirectory(prefix="promote-serve-log-")
+    env = {"PROMOTE_LOG_URI": f"sqlite:///{scratch.name}/promote-log.db", **os.environ,
+           "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([PROMOTE, "serve", model, "--port", "0", *args], stdout=log,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
@@ -131,6 +134,7 @@ def serving(tracking_uri: str, model: str, *args: str, ready: bool = True) -> It
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+        scratch.cleanup()
     # A graceful stop is a clean exit.
     assert proc.returncode == 0, log_path.read_text(errors="replace")[-3000:]
     log_path.unlink()

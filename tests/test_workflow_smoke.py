@@ -19,6 +19,12 @@ Production (registered by the test with worse metrics than the trainers reach), 
                   version after it (which would pass) is not gated, nothing moves.
 Then policy-check.yml on three pull requests: an edit whose preview changes decisions, an invalid
 policy annotated on its line, and an edit from a fork (no secrets: validated, preview skipped).
+And monitor.yml, for a model of its own whose version 2 the gate has just promoted over version 1,
+over a real SQLite inference log the test fills: a scheduled run over healthy traffic (green,
+the watch table in the summary), a dry-run dispatch and then a scheduled run after failed
+requests (both red; the second rolls @Production back to version 1), and the refusals: a
+dispatch naming an unwatched policy, a run without the log secret; last, a run with nothing
+watched.
 
 The `test` job of promote.yml runs `make test`, i.e. this very suite: the runner treats it as
 passed without running it (it would recurse). The last two stories take the train job as passed
@@ -260,10 +266,11 @@ def test_a_policy_whose_model_got_no_version_gates_nothing_and_says_so(story):
 
 def test_the_gate_runs_in_production_queued_per_model(story):
     leg = gate_leg(story.runs["push"], story.model)
-    assert leg.matrix == {"policy": "policies/smoke.yaml", "model": story.model,
-                          "alias": "Production"}
+    assert {k: leg.matrix[k] for k in ("policy", "model", "alias")} == {
+        "policy": "policies/smoke.yaml", "model": story.model, "alias": "Production"}
     assert leg.environment == "production"
-    assert leg.concurrency == {"group": f"promote-{story.model}", "cancel-in-progress": False}
+    assert leg.concurrency == {"group": f"promote-{story.model}", "cancel-in-progress": False,
+                               "queue": "max"}
     assert [leg.matrix["policy"] for leg in story.runs["push"].job("gate").legs] == \
         ["policies/smoke.yaml", "policies/untrained.yaml"]
 
@@ -480,3 +487,254 @@ def test_a_pull_request_without_secrets_is_validated_and_not_previewed(pr_runs):
     assert run.job("preview").result == "success", run.describe()
     assert "preview skipped" in run.job("preview").summary
     assert "Policy preview" not in run.job("preview").summary
+
+
+# --------------------------------------------------------------------------------------------
+# monitor.yml: the scheduled watch
+
+
+MONITOR = REPO / ".github" / "workflows" / "monitor.yml"
+# Watched: errors and latency only (no drift rules, so no reference profile is needed).
+WATCHED_POLICY = """\
+model: {model}
+metrics:
+  rmse: {{goal: minimize, max: 1.0}}
+watch:
+  bake: 2h
+  window: 15m
+  min_requests: 20
+  rules:
+    error_rate: {{max: 10%}}
+    latency_p95_ms: {{max: 500}}
+  on_breach: rollback
+"""
+WATCH_TABLE = "| rule | live | reference | bound | status | reason |"
+
+
+@dataclass
+class Monitor:
+    """The monitor story: a model with a watched policy, its registry and its inference log."""
+
+    story: Story  # the model, the server, the secrets (the log URI among them), the workspace
+    log: Path  # the SQLite inference log the test fills
+    runs: dict[str, RunResult] = field(default_factory=dict)
+    registry: dict[str, dict[str, Any]] = field(default_factory=dict)
+    points: dict[str, int] = field(default_factory=dict)  # watch metrics logged, after each run
+
+    @property
+    def model(self) -> str:
+        return self.story.model
+
+    def requests(self, count: int, outcome: str, status: int, latency_ms: float) -> None:
+        """`count` requests to version 2 in the last few minutes, as `promote serve` logs them."""
+        from datetime import UTC, datetime, timedelta
+
+        from promotion.monitoring.logstore import LogStore, RequestRecord
+
+        now = datetime.now(UTC)
+        store = LogStore(f"sqlite:///{self.log}")
+        try:
+            store.migrate()
+            store.write([RequestRecord(uuid.uuid4().hex, now - timedelta(seconds=5 * i),
+                                       self.model, "Production", "2", 1, latency_ms, outcome,
+                                       status) for i in range(count)])
+        finally:
+            store.close()
+
+    def logged_points(self) -> int:
+        """How many `requests` figures the watch has logged for version 2 (its monitoring run)."""
+        from promotion.registry import monitoring
+
+        client = self.story.client()
+        run_id = monitoring.find_run(client, self.model, "2")
+        return len(client.get_metric_history(run_id, "requests")) if run_id else 0
+
+
+def monitor_workspace(root: Path, model: str) -> Path:
+    """A scratch copy whose policies are a watched one and, for another model, an unwatched one."""
+    ws = scratch_copy(REPO, root)
+    seed_venv(ws)
+    for old in [*(ws / "policies").glob("*.yaml"), *(ws / "policies").glob("*.yml")]:
+        old.unlink()
+    (ws / "policies" / "watched.yaml").write_text(WATCHED_POLICY.format(model=model))
+    (ws / "policies" / "unwatched.yaml").write_text(POLICY.format(model=idle(model)))
+    return ws
+
+
+@pytest.fixture(scope="module")
+def monitor(mlflow_server, tmp_path_factory) -> Monitor:
+    """Version 1 then version 2 promoted by the gate (2 is in its bake period), then monitor.yml:
+
+      healthy      a scheduled run over 30 good requests: green, nothing moves;
+      dry-run      30 failed requests later, a dispatch with dry_run: red, nothing written;
+      breach       the next scheduled run: red, @Production rolled back to version 1;
+      unwatched    a dispatch naming the unwatched policy: refused by the plan job;
+      no-log       a scheduled run without the PROMOTE_LOG_URI secret: refused, nothing read;
+      none         a scheduled run once no policy has a watch: block: green, no watch job.
+    """
+    from helpers import add_version
+
+    from promotion.gate import run_gate
+    from promotion.policy.load import load_policy
+    from promotion.registry.client import connect
+
+    model = f"watch-{uuid.uuid4().hex[:10]}"
+    root = tmp_path_factory.mktemp("monitor")
+    ws = monitor_workspace(root / "ws", model)
+    secrets = fake_secrets(mlflow_server)
+    log = root / "log" / "inference.db"
+    log.parent.mkdir()
+    # A SQLite URI with a password parameter (SQLite ignores it): a credential to look for.
+    secrets["PROMOTE_LOG_URI"] = (f"sqlite:///file:{log}?password=smokelog"
+                                  f"{uuid.uuid4().hex[:10]}&uri=true")
+    m = Monitor(Story(model, mlflow_server, secrets, ws), log)
+    client = m.story.client()
+    policy = load_policy(str(ws / "policies" / "watched.yaml"))
+    for rmse in (0.5, 0.4):
+        add_version(client, model, {"rmse": rmse})
+        assert run_gate(connect(mlflow_server), policy).outcome == "promoted"
+
+    def run(name: str, event: Event, given: dict[str, str] | None = None) -> None:
+        runner = Runner(ws, root / f"runner-{name}", secrets=secrets if given is None else given)
+        m.runs[name] = runner.run(MONITOR, event)
+        m.registry[name] = m.story.snapshot()
+        m.points[name] = m.logged_points()
+
+    m.registry["before"] = m.story.snapshot()
+    m.requests(30, "ok", 200, 20.0)
+    run("healthy", Event.schedule())
+    m.requests(30, "model_error", 500, 5.0)
+    run("dry-run", Event.dispatch(policy=model, dry_run=True))
+    run("breach", Event.schedule())
+    run("unwatched", Event.dispatch(policy="policies/unwatched.yaml"))
+    run("no-log", Event.schedule(),
+        {k: v for k, v in secrets.items() if k != "PROMOTE_LOG_URI"})
+    (ws / "policies" / "watched.yaml").write_text(POLICY.format(model=model))  # watch: removed
+    run("none", Event.schedule())
+    return m
+
+
+def watch_leg(run: RunResult):
+    (leg,) = run.job("watch").legs
+    return leg
+
+
+def test_the_plan_selects_exactly_the_watched_policies(monitor):
+    run = monitor.runs["healthy"]
+    assert run.job("plan").result == "success", run.describe()
+    matrix = json.loads(run.job("plan").outputs["matrix"])
+    assert [(e["policy"], e["model"], e["alias"]) for e in matrix["include"]] == [
+        ("policies/watched.yaml", monitor.model, "Production")]
+    assert run.job("plan").outputs["count"] == "1"
+
+
+def test_the_watch_runs_in_production_queued_with_the_gate(monitor):
+    leg = watch_leg(monitor.runs["healthy"])
+    assert leg.environment == "production"
+    # promote.yml's gate and rollback jobs use the same group: one model, one decision at once.
+    assert leg.concurrency == {"group": f"promote-{monitor.model}", "cancel-in-progress": False,
+                               "queue": "max"}
+
+
+def test_a_healthy_window_is_green_and_moves_nothing(monitor):
+    run = monitor.runs["healthy"]
+    leg = watch_leg(run)
+    assert leg.result == "success", run.describe()
+    step = leg.step("watch")
+    assert "--once" in step.script and step.returncode == 0
+    assert step.outputs == {"outcome": "healthy", "action": "none", "version": "2",
+                            "dry_run": "false"}
+    assert f"### Watch: HEALTHY  {monitor.model}@Production version 2" in leg.summary
+    assert WATCH_TABLE in leg.summary and "| error_rate max |" in leg.summary
+    kept = json.loads((run.artifacts / "watch-0" / "watch.json").read_text())
+    assert (kept["outcome"], kept["version"], kept["live"]["requests"]) == ("healthy", "2", 30)
+    chart = (run.artifacts / "watch-0" / "chart.png").read_bytes()
+    assert chart.startswith(b"\x89PNG")  # the signals over time, kept with the report
+    assert monitor.registry["healthy"]["aliases"] == monitor.registry["before"]["aliases"] == {
+        "Production": "2", "Production-previous": "1"}
+    assert monitor.points["healthy"] == 1  # the window's figures, logged to MLflow
+
+
+def test_a_dry_run_dispatch_judges_a_breach_and_writes_nothing(monitor):
+    run = monitor.runs["dry-run"]
+    leg = watch_leg(run)
+    step = leg.step("watch")
+    assert (leg.result, step.returncode) == ("failure", 1), run.describe()
+    assert step.outputs == {"outcome": "breach", "action": "rollback", "version": "2",
+                            "dry_run": "true"}
+    assert "would roll back (dry run: nothing moved)" in leg.summary
+    assert monitor.registry["dry-run"] == monitor.registry["healthy"]
+    assert monitor.points["dry-run"] == monitor.points["healthy"]
+
+
+def test_a_breach_in_the_bake_period_rolls_back_and_is_red(monitor):
+    run = monitor.runs["breach"]
+    leg = watch_leg(run)
+    step = leg.step("watch")
+    assert (leg.result, step.returncode) == ("failure", 1), run.describe()
+    assert step.outputs == {"outcome": "breach", "action": "rollback", "version": "2",
+                            "dry_run": "false"}
+    assert monitor.registry["breach"]["aliases"] == {"Production": "1",
+                                                     "Production-previous": "2"}
+    assert f"### Watch: BREACH  {monitor.model}@Production version 2" in leg.summary
+    assert "rolled back to version 1" in leg.summary
+    assert "| error_rate max |" in leg.summary and "BREACH" in leg.summary
+    # The red job still keeps its JSON: the artifact step runs unless the run was cancelled.
+    kept = json.loads((run.artifacts / "watch-0" / "watch.json").read_text())
+    assert (kept["outcome"], kept["rolled_back_to"]) == ("breach", "1")
+    assert kept["record_run_id"] and "Decision record" in leg.summary
+
+
+def test_a_dispatch_naming_an_unwatched_policy_is_refused(monitor):
+    run = monitor.runs["unwatched"]
+    plan = run.job("plan")
+    step = plan.legs[0].step("plan")
+    assert (plan.result, step.returncode) == ("failure", 2), run.describe()
+    assert "::error::no policy selected by the policy input has a watch: block" in \
+        step.annotations()
+    assert run.job("watch").result == "skipped"
+
+
+def test_without_the_log_secret_nothing_is_watched(monitor):
+    run = monitor.runs["no-log"]
+    step = watch_leg(run).step("watch")
+    assert step.returncode == 2
+    assert "::error::secret PROMOTE_LOG_URI is not set" in step.annotations()
+    assert "promote watch" not in step.stdout + step.stderr
+    assert monitor.registry["no-log"] == monitor.registry["breach"]
+    assert not list(monitor.story.workspace.rglob("promote-log.db"))  # nor a local log instead
+
+
+def test_a_run_with_no_watched_policy_is_green_and_says_so(monitor):
+    run = monitor.runs["none"]
+    plan = run.job("plan")
+    assert plan.result == "success", run.describe()
+    assert json.loads(plan.outputs["matrix"]) == {"include": []} and plan.outputs["count"] == "0"
+    assert "No policy under `policies/` has a `watch:` block: nothing to watch." in plan.summary
+    assert run.job("watch").result == "skipped"  # GitHub fails a job whose matrix is empty
+
+
+def test_no_monitor_secret_appears_anywhere(monitor):
+    from urllib.parse import parse_qs, urlsplit
+
+    secrets = monitor.story.secrets
+    log_password = parse_qs(urlsplit(secrets["PROMOTE_LOG_URI"]).query)["password"][0]
+    values = [*secret_values(secrets), log_password]
+    leaks = [(name, where) for name, run in monitor.runs.items()
+             for where, text in run.texts() for value in values if value in text]
+    assert leaks == []
+    # Nor in what MLflow keeps of the watch: the rollback's decision record (its tags and the
+    # report files it carries), the version's monitoring run and the version tags.
+    client = monitor.story.client()
+    kept = json.loads((monitor.runs["breach"].artifacts / "watch-0" / "watch.json").read_text())
+    texts = [json.dumps([run.data.tags, run.data.params]) for run in
+             (client.get_run(kept["record_run_id"]), client.get_run(kept["monitoring_run_id"]))]
+    folder = Path(client.download_artifacts(kept["record_run_id"], "",
+                                            str(monitor.log.parent / "record")))
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert {p.name for p in files} >= {"watch.json", "watch.md"}
+    texts += [p.read_text(errors="replace") for p in files]
+    texts += [json.dumps(mv.tags) for mv in
+              client.search_model_versions(f"name = '{monitor.model}'")]
+    assert not [v for v in values for text in texts if v in text]
+    assert "password=***" in kept["inference_log"]  # shown redacted

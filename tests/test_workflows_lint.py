@@ -5,7 +5,7 @@ also shown a broken workflow so a linter that silently checks nothing would fail
 are the rules of docs/github-actions.md the linters do not enforce: read-only top-level
 permissions, actions pinned to a commit with the version beside it, secrets and inputs reaching
 scripts only through `env:`, and the alias moved only from the `production` environment, one run
-per model at a time.
+per model at a time (the scheduled watch of monitor.yml included: it shares the gate's group).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / ".github" / "workflows"
 WORKFLOW_FILES = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
-EXPECTED = {"ci.yml", "policy-check.yml", "promote.yml"}
+EXPECTED = {"ci.yml", "monitor.yml", "policy-check.yml", "promote.yml"}
 SECRETS = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-           "MLFLOW_TRACKING_TOKEN"}
+           "MLFLOW_TRACKING_TOKEN", "PROMOTE_LOG_URI"}
 PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)\s*(?:#\s*(?P<comment>.*))?$", re.M)
 
@@ -72,7 +72,7 @@ def workflows() -> dict[str, dict[str, Any]]:
     return {path.name: load(path) for path in WORKFLOW_FILES}
 
 
-def test_the_three_workflows_exist():
+def test_the_workflows_exist():
     assert {path.name for path in WORKFLOW_FILES} >= EXPECTED
 
 
@@ -206,12 +206,17 @@ def test_promote_job_order(workflows):
     assert any("make test" in s.get("run", "") for s in jobs["test"]["steps"])
 
 
-@pytest.mark.parametrize("job_id", ["gate", "rollback"])
-def test_only_the_production_environment_moves_the_alias(workflows, job_id):
-    job = workflows["promote.yml"]["jobs"][job_id]
+@pytest.mark.parametrize(("workflow", "job_id"), [
+    ("promote.yml", "gate"), ("promote.yml", "rollback"), ("monitor.yml", "watch")])
+def test_only_the_production_environment_moves_the_alias(workflows, workflow, job_id):
+    job = workflows[workflow]["jobs"][job_id]
     assert job["environment"] == "production"
     assert job["concurrency"]["group"] == "promote-${{ matrix.model }}"
     assert job["concurrency"]["cancel-in-progress"] is False
+    # Waiting jobs queue up: without it a scheduled watch would cancel a waiting gate.
+    assert job["concurrency"]["queue"] == "max"
+    # One group for every job that can move a model's alias, whatever the workflow.
+    assert job["concurrency"] == workflows["promote.yml"]["jobs"]["gate"]["concurrency"]
 
 
 def test_jobs_outside_production_cannot_move_the_alias(workflows):
@@ -222,6 +227,7 @@ def test_jobs_outside_production_cannot_move_the_alias(workflows):
             for step in job.get("steps", []):
                 script = step.get("run", "")
                 assert "promote rollback" not in script, (name, job_id)
+                assert "promote watch" not in script, (name, job_id)  # a breach rolls back
                 if "promote gate" in script:
                     assert "--dry-run" in script, (name, job_id)
 
@@ -243,6 +249,61 @@ def test_policy_check_runs_on_pull_requests_only(workflows):
     assert 'git show "origin/$BASE_REF:' in scripts
 
 
+def test_monitor_triggers(workflows):
+    on = workflows["monitor.yml"]["on"]
+    assert set(on) == {"schedule", "workflow_dispatch"}
+    assert [entry["cron"] for entry in on["schedule"]] == ["*/15 * * * *"]
+    inputs = on["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"policy", "dry_run"}
+    assert (inputs["policy"]["type"], inputs["policy"]["required"]) == ("string", False)
+    assert (inputs["dry_run"]["type"], inputs["dry_run"]["default"]) == ("boolean", False)
+
+
+def test_monitor_plans_the_watched_policies_and_watches_each_once(workflows):
+    jobs = workflows["monitor.yml"]["jobs"]
+    assert set(jobs) == {"plan", "watch"}
+    plan = " ".join(s.get("run", "") for s in jobs["plan"]["steps"])
+    assert "promote policy validate --format github" in plan
+    assert 'promote policy list --select "$POLICY" --watched --format github-matrix' in plan
+    watch = jobs["watch"]
+    assert watch["needs"] == "plan"
+    assert watch["strategy"] == {"fail-fast": False,
+                                 "matrix": "${{ fromJSON(needs.plan.outputs.matrix) }}"}
+    (step,) = [s for s in watch["steps"] if "promote watch" in s.get("run", "")]
+    assert ('promote watch "$POLICY" --once ${dry_run:+--dry-run} --report-dir '
+            '"$RUNNER_TEMP/watch"') in step["run"]
+    assert step["env"]["DRY_RUN"] == "${{ inputs.dry_run }}"
+    # A breach (exit 1) must make the job red: that is the alert.
+    assert not any(s.get("continue-on-error") for s in watch["steps"])
+    assert watch.get("continue-on-error") is None
+
+
+def test_monitor_keeps_the_watch_like_the_gate_keeps_its_decision(workflows):
+    gate = workflows["promote.yml"]["jobs"]["gate"]["steps"]
+    watch = workflows["monitor.yml"]["jobs"]["watch"]["steps"]
+    upload = "actions/upload-artifact@"
+    (kept,) = [s for s in watch if s.get("uses", "").startswith(upload)]
+    assert kept["uses"] in {s.get("uses") for s in gate}
+    assert kept["if"] == "${{ !cancelled() }}"  # a red watch is kept too
+    assert kept["with"]["path"] == "${{ runner.temp }}/watch"  # watch.json, watch.md, chart.png
+    assert kept["with"]["name"] == "watch-${{ strategy.job-index }}"
+
+
+def test_monitor_sets_up_like_the_gate(workflows):
+    def setup(steps: list[dict[str, Any]]) -> list[Any]:
+        return [s.get("uses") or s.get("run") for s in steps[:3]]
+
+    gate = setup(workflows["promote.yml"]["jobs"]["gate"]["steps"])
+    for job in workflows["monitor.yml"]["jobs"].values():
+        assert setup(job["steps"]) == gate
+
+
+def test_monitor_uses_secrets_only_in_production(workflows):
+    for job_id, job in workflows["monitor.yml"]["jobs"].items():
+        if "secrets." in json.dumps(job):
+            assert job.get("environment") == "production", job_id
+
+
 def test_ci_runs_make_test(workflows):
     on = workflows["ci.yml"]["on"]
     assert set(on) == {"push", "pull_request"}
@@ -259,12 +320,15 @@ def _list(value: str | list[str]) -> list[str]:
 # of GitHub's expression language that the smoke tests rely on
 
 
-def routes(path: Path, event, tmp_path) -> set[str]:
-    """The jobs that would run, every job that runs assumed to succeed (no step is executed)."""
+def routes(path: Path, event, tmp_path, outputs: dict[str, dict[str, str]] | None = None
+           ) -> set[str]:
+    """The jobs that would run, every job that runs assumed to succeed (no step is executed),
+    with the given outputs."""
     from workflow_runner import Runner
 
     jobs = load(path)["jobs"]
-    runner = Runner(tmp_path, tmp_path / "runner", assume_success={j: "routing" for j in jobs})
+    runner = Runner(tmp_path, tmp_path / "runner", assume_success={j: "routing" for j in jobs},
+                    assume_outputs=outputs or {})
     result = runner.run(path, event)
     return {job_id for job_id, job in result.jobs.items() if job.result != "skipped"}
 
@@ -287,6 +351,28 @@ def test_policy_check_routes_a_pull_request(tmp_path):
 
     event = Event.pull_request(1, "main", "edit", "0" * 40)
     assert routes(WORKFLOWS / "policy-check.yml", event, tmp_path) == {"validate", "preview"}
+
+
+@pytest.mark.parametrize(("event", "count", "jobs"), [
+    ("schedule", "2", {"plan", "watch"}),
+    ("dispatch", "1", {"plan", "watch"}),
+    ("schedule", "0", {"plan"}),  # no policy watched: an empty matrix would fail the run
+])
+def test_monitor_routes_each_event_to_its_jobs(tmp_path, event, count, jobs):
+    from workflow_runner import Event
+
+    trigger = Event.schedule() if event == "schedule" else Event.dispatch(dry_run=True)
+    entries = [{"policy": f"policies/{n}.yaml", "model": f"m{n}", "alias": "Production"}
+               for n in range(int(count))]
+    outputs = {"plan": {"count": count, "matrix": json.dumps({"include": entries})}}
+    assert routes(WORKFLOWS / "monitor.yml", trigger, tmp_path, outputs) == jobs
+
+
+def test_runner_refuses_a_schedule_the_workflow_does_not_have(tmp_path):
+    from workflow_runner import Event, RunnerError
+
+    with pytest.raises(RunnerError, match="no schedule"):
+        routes(WORKFLOWS / "monitor.yml", Event.schedule("0 * * * *"), tmp_path)
 
 
 @pytest.mark.parametrize(("expression", "value"), [

@@ -476,8 +476,13 @@ class Event:
         return cls("push", {"ref": "refs/heads/main", "after": sha}, sha=sha)
 
     @classmethod
-    def dispatch(cls, **inputs: str) -> Event:
+    def dispatch(cls, **inputs: str | bool) -> Event:
         return cls("workflow_dispatch", {"ref": "refs/heads/main", "inputs": inputs})
+
+    @classmethod
+    def schedule(cls, cron: str = "*/15 * * * *") -> Event:
+        """A scheduled run (default branch); `github.event.schedule` is the cron that fired."""
+        return cls("schedule", {"schedule": cron})
 
     @classmethod
     def pull_request(cls, number: int, base: str, head: str, sha: str) -> Event:
@@ -510,6 +515,11 @@ class Runner:
         triggers = workflow["on"]
         if event.name not in (triggers if isinstance(triggers, (dict, list)) else [triggers]):
             raise RunnerError(f"{workflow_file.name} does not run on {event.name}")
+        if event.name == "schedule":
+            crons = [entry.get("cron") for entry in triggers.get("schedule") or []]
+            if event.payload.get("schedule") not in crons:
+                raise RunnerError(f"{workflow_file.name} has no schedule "
+                                  f"{event.payload.get('schedule')!r} (it has {crons})")
         run_id = str(uuid.uuid4().int % 10**10)
         root = self.scratch / f"run-{run_id}"
         artifacts = root / "artifacts"
@@ -563,6 +573,12 @@ class Runner:
             value = given.get(name, spec.get("default", ""))
             if spec.get("type") == "choice" and value not in spec.get("options", []):
                 raise RunnerError(f"input {name}={value!r} is not one of {spec['options']}")
+            if spec.get("type") == "boolean":
+                # The inputs context holds a boolean input as a boolean ("true" from the CLI too;
+                # no default: false).
+                value = {"true": True, "false": False, "": False}.get(str(value).lower(), value)
+                if not isinstance(value, bool):
+                    raise RunnerError(f"input {name}={value!r} is not a boolean")
             if spec.get("required") and value in ("", None):
                 raise RunnerError(f"input {name} is required")
             values[name] = value
@@ -715,10 +731,17 @@ class Runner:
                 raise RunnerError(f"artifact {name!r}: no files")
             return f"upload-artifact {name}: no files"
         target.mkdir(parents=True)
+        copied = 0
         for path in found:
             if path.is_file():
                 shutil.copy2(path, target / path.name)
-        return f"upload-artifact {name}: {len(found)} file(s)"
+                copied += 1
+            elif path.is_dir():  # a directory uploads its files, as upload-artifact does
+                for inner in sorted(p for p in path.rglob("*") if p.is_file()):
+                    (target / inner.relative_to(path)).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(inner, target / inner.relative_to(path))
+                    copied += 1
+        return f"upload-artifact {name}: {copied} file(s)"
 
 
 @dataclass

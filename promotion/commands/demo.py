@@ -6,6 +6,7 @@ import click
 
 from promotion.commands import tracking_uri
 from promotion.demo import DEFAULT_CANDIDATES, DEFAULT_POLICIES, DEFAULT_TRACKING_URI, run_demo
+from promotion.monitoring.logschema import DEFAULT_LOG_URI, LOG_URI_ENV
 from promotion.registry.client import connect
 from promotion.report.demo import demo_json
 
@@ -22,8 +23,13 @@ from promotion.report.demo import demo_json
 @click.option("--details", is_flag=True, help="Also print each gate's full report.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print only the result as JSON (phases and timings included).")
+@click.option("--watch", is_flag=True,
+              help="Then the monitoring loop: serve Production with the inference log, promote "
+                   "a candidate that is bad on live data, and let `promote watch` roll it back.")
+@click.option("--log-uri", envvar=LOG_URI_ENV, show_envvar=True, default=DEFAULT_LOG_URI,
+              show_default=True, metavar="URI", help="The inference log of --watch.")
 def command(candidates: str, policies: str, model_name: str | None, rows: int, details: bool,
-            as_json: bool) -> object:
+            as_json: bool, watch: bool, log_uri: str) -> object:
     """Train every candidate, gate each new version, then predict from Production.
 
     Uses the group's --tracking-uri / MLFLOW_TRACKING_URI, else a local SQLite store
@@ -32,7 +38,8 @@ def command(candidates: str, policies: str, model_name: str | None, rows: int, d
     """
     result = run_demo(connect(tracking_uri() or DEFAULT_TRACKING_URI), candidates=candidates,
                       policies=policies, model_name=model_name, rows=rows, details=details,
-                      say=(lambda _line: None) if as_json else click.echo)
+                      say=(lambda _line: None) if as_json else click.echo,
+                      watch_log=log_uri if watch else None)
     if as_json:
         click.echo(demo_json(result))
     return result

@@ -118,11 +118,13 @@ def schema() -> int:
               help="Only this policy file, or every policy of this model. Empty: every policy.")
 @click.option("--per-alias", is_flag=True,
               help="One entry per (model, alias): the first policy file guarding it.")
+@click.option("--watched", is_flag=True,
+              help="Only policies with a watch: block (none is not an error).")
 @click.option("--format", "output_format", type=click.Choice(LIST_FORMATS), default="text",
               show_default=True,
               help="github-matrix: one line {\"include\": [...]}, errors also as ::error "
                    "annotations.")
-def list_command(paths: tuple[str, ...], select: str | None, per_alias: bool,
+def list_command(paths: tuple[str, ...], select: str | None, per_alias: bool, watched: bool,
                  output_format: str) -> int:
     """List the policies under PATHS (default: policies/): file, model and alias.
 
@@ -131,8 +133,8 @@ def list_command(paths: tuple[str, ...], select: str | None, per_alias: bool,
     least one entry, 2 for an invalid policy or a selection that matches nothing.
     """
     try:
-        text = listing_text(list_policies(paths, select=select, per_alias=per_alias),
-                            output_format)
+        text = listing_text(list_policies(paths, select=select, per_alias=per_alias,
+                                          watched=watched), output_format)
     except InvalidInput as exc:
         if output_format == "github-matrix":  # stdout is the matrix: annotate on stderr
             for line in error_annotations(exc):

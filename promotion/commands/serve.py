@@ -10,6 +10,7 @@ import click
 
 from promotion.commands import tracking_uri
 from promotion.errors import InvalidInput
+from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, engine_url
 from promotion.policy.model import DEFAULT_ALIAS
 from promotion.serve.server import (
     DEFAULT_HOST,
@@ -46,16 +47,37 @@ from promotion.serve.server import (
               help="Close idle client connections after this long.")
 @click.option("--access-log/--no-access-log", default=False, show_default=True,
               help="Log every request (the /metrics endpoint already counts them).")
+@click.option("--log-uri", default=DEFAULT_LOG_URI, show_default=True, envvar=LOG_URI_ENV,
+              show_envvar=True, metavar="URI",
+              help="The inference log: sqlite:///PATH or postgresql://USER@HOST/DB; "
+                   "'none' turns it off.")
+@click.option("--log-sample-rate", default=ServeOptions.log_sample_rate, show_default=True,
+              type=click.FloatRange(0.0, 1.0), metavar="FRACTION",
+              help="Share of requests whose rows are logged (every request itself is).")
+@click.option("--log-max-rows", default=ServeOptions.log_max_rows, show_default=True,
+              type=click.IntRange(min=0), metavar="N",
+              help="Rows of one request logged at most.")
+@click.option("--log-queue", default=ServeOptions.log_queue, show_default=True,
+              type=click.IntRange(min=1), metavar="N",
+              help="Records waiting for the log database at most; beyond, they are dropped "
+                   "and counted.")
+@click.option("--row-key", default=None, metavar="COLUMN",
+              help="An input column whose value identifies a row, for POST /feedback.")
 def command(model: str, alias: str, host: str, port: int, poll_interval: float,
             max_body_bytes: int, request_timeout: float, scoring_threads: int,
-            keep_alive: int, access_log: bool) -> ServeResult:
+            keep_alive: int, access_log: bool, log_uri: str, log_sample_rate: float,
+            log_max_rows: int, log_queue: int, row_key: str | None) -> ServeResult:
     """Serve models:/MODEL@ALIAS over HTTP, following the alias as it moves.
 
     \b
     POST /invocations  MLflow's scoring protocol; X-Model-Version names the version used
+    POST /feedback     ground truth for logged requests (X-Request-Id and row)
     GET  /health       200 once a version is loaded
     GET  /version      served version, alias target, last error
     GET  /metrics      Prometheus metrics
+
+    Every request is logged to --log-uri (with the rows of --log-sample-rate of
+    them), off the request path: a slow or dead log database never fails a request.
 
     When the alias moves (a promotion or a rollback), the new version is loaded in the
     background and swapped in atomically; a version that cannot be loaded never replaces
@@ -69,9 +91,18 @@ def command(model: str, alias: str, host: str, port: int, poll_interval: float,
         raise InvalidInput("MODEL must not be empty")
     if not alias.strip():
         raise InvalidInput("--alias must not be empty")
+    uri = None if log_uri.strip().lower() == "none" else log_uri.strip()
+    if uri is not None:
+        try:
+            engine_url(uri)
+        except InvalidInput as exc:
+            raise InvalidInput(f"--log-uri: {exc}") from exc
+    if row_key is not None and not row_key.strip():
+        raise InvalidInput("--row-key must not be empty")
     options = ServeOptions(model=model, alias=alias, host=host, port=port,
                            poll_interval=poll_interval, max_body_bytes=max_body_bytes,
                            request_timeout=request_timeout, scoring_threads=scoring_threads,
-                           keep_alive=keep_alive,
-                           access_log=access_log)
+                           keep_alive=keep_alive, access_log=access_log, log_uri=uri,
+                           log_sample_rate=log_sample_rate, log_max_rows=log_max_rows,
+                           log_queue=log_queue, row_key=row_key)
     return serve(options, tracking_uri())

@@ -14,6 +14,7 @@ from promotion.engine.facts import EvaluationFacts, VersionFacts
 from promotion.engine.intent import Intent, State
 from promotion.engine.naming import version_or_none
 from promotion.engine.records import Entry, Trigger
+from promotion.engine.watch import WatchDecision, WatchFacts
 from promotion.errors import ConflictError, ExitCode, IncompleteError
 from promotion.policy.model import Policy, previous_alias
 
@@ -109,6 +110,7 @@ class RollbackResult:
     record_run_id: str | None = None
     completed: str | None = None  # this command completed an interrupted rollback (what it did)
     missing: tuple[str, ...] = ()  # what should have followed the move and is not written
+    kind: str = "rollback"  # or "watch": the watch rolled it back after a breach
 
     @property
     def previous_alias(self) -> str:
@@ -142,6 +144,44 @@ class RollbackConflict(ConflictError):
             f"@{planned.alias} or @{planned.previous_alias} of model {planned.model!r} moved "
             f"while rolling back (they pointed at {was} and version {planned.restored_version}, "
             f"now {current} and {previous}); nothing was moved")
+
+
+@dataclass(frozen=True)
+class WatchResult:
+    """One watch of the version behind an alias: what was measured, judged and done."""
+
+    policy: Policy
+    decision: WatchDecision | None  # None: no version holds the alias
+    facts: WatchFacts | None
+    window_start: float  # epoch seconds
+    window_end: float
+    dry_run: bool
+    log: str  # the inference log, redacted
+    tracking_uri: str
+    trigger: Trigger
+    rollback: RollbackResult | None = None  # the watch moved the alias back
+    record_run_id: str | None = None  # the decision record of a breach
+    monitoring_run_id: str | None = None  # where the window's metrics were logged
+    note: str | None = None  # e.g. "no version holds @Production"
+    chart_png: bytes | None = field(default=None, repr=False, compare=False)  # signals over time
+
+    @property
+    def outcome(self) -> str:
+        """healthy | insufficient_data | breach (rolled back or alerted: see `action`)."""
+        return self.decision.outcome if self.decision else "insufficient_data"
+
+    @property
+    def action(self) -> str:
+        """none | rollback (the alias was moved back) | alert (recorded; nothing moved)."""
+        if self.decision is None:
+            return "none"
+        if self.decision.action == "rollback" and (self.dry_run or self.rollback is None):
+            return "rollback" if self.dry_run else "alert"
+        return self.decision.action
+
+    @property
+    def return_code(self) -> int:
+        return int(ExitCode.REJECTED if self.outcome == "breach" else ExitCode.OK)
 
 
 @dataclass(frozen=True)
@@ -237,6 +277,7 @@ class DemoResult:
     predictions: tuple[Prediction, ...]
     served_rmse: float | None  # of the loaded alias on the whole holdout
     phases: tuple[Phase, ...] = field(default_factory=tuple)
+    watch_loop: Any = None  # promotion.demo_watch.WatchLoop, when the loop ran
 
     # The job ran: whatever each gate decided is a result, not a failure of the demo.
     return_code: ClassVar[int] = int(ExitCode.OK)
@@ -255,4 +296,13 @@ class DemoResult:
             "predictions": [asdict(p) for p in self.predictions],
             "served_rmse": self.served_rmse,
             "phases": [asdict(p) for p in self.phases], "seconds": self.seconds,
+            "watch_loop": None if self.watch_loop is None else {
+                "production": self.watch_loop.production,
+                "promoted_version": self.watch_loop.leaky.version,
+                "gate": self.watch_loop.gate.outcome,
+                "watch": self.watch_loop.watch.outcome,
+                "action": self.watch_loop.watch.action,
+                "breached": [c.rule for c in (self.watch_loop.watch.decision.breached
+                                              if self.watch_loop.watch.decision else ())],
+                "served_after": self.watch_loop.served_after},
         }

@@ -9,7 +9,8 @@ retrying a rollback whose alias already moved completes that rollback instead of
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, NoReturn
 
@@ -40,12 +41,13 @@ if TYPE_CHECKING:
 
 
 def run_rollback(client: MlflowClient, model: str, alias: str = DEFAULT_ALIAS, *,
-                 dry_run: bool = False) -> RollbackResult:
+                 dry_run: bool = False, why: Why | None = None) -> RollbackResult:
     """Point `alias` back at `<alias>-previous`, and `<alias>-previous` at what it displaced.
 
     Rolling back a rollback therefore flips them again. Exit 2 when there is nothing to roll
-    back to; exit 3 (RollbackConflict) when either alias moves between the read and the writes.
-    An interrupted rollback of this alias is completed, not repeated.
+    back to; exit 3 (RollbackConflict) when either alias moves between the read and the writes,
+    or, with `why.expected`, when they no longer point where the caller read them. An
+    interrupted rollback of this alias is completed, not repeated.
     """
     with nothing_moved_unless_said(alias):
         state = journal.read_state(client, model)
@@ -60,7 +62,22 @@ def run_rollback(client: MlflowClient, model: str, alias: str = DEFAULT_ALIAS, *
                 and done.state == "applied":
             return _completed(client, done.intent, done.note)
         planned = _plan(client, model, alias, session.aliases, dry_run=False)
-        return _apply(client, planned, session)
+        return _apply(client, planned, session, why or Why())
+
+
+@dataclass(frozen=True)
+class Why:
+    """What asked for a rollback other than `promote rollback`: the watch, after a breach.
+
+    `kind` names the decision record (history shows it), `reason` explains it, `files` are added
+    to the record, and `expected` is where the caller read (@alias, @alias-previous): if either
+    has moved since, the rollback is a conflict and moves nothing.
+    """
+
+    kind: str = "rollback"
+    reason: str | None = None
+    files: Mapping[str, bytes] = field(default_factory=dict)
+    expected: tuple[str | None, str | None] | None = None
 
 
 def _rollback_aliases(client: MlflowClient, model: str,
@@ -107,10 +124,11 @@ def apply_rollback(client: MlflowClient, planned: RollbackResult) -> RollbackRes
     """Carry out a plan under the model's lease (see `_apply`)."""
     with nothing_moved_unless_said(planned.alias, planned.displaced_version), \
             writing(client, planned.model, purpose=f"rollback of @{planned.alias}") as session:
-        return _apply(client, planned, session)
+        return _apply(client, planned, session, Why())
 
 
-def _apply(client: MlflowClient, planned: RollbackResult, session: Session) -> RollbackResult:
+def _apply(client: MlflowClient, planned: RollbackResult, session: Session,
+           why: Why) -> RollbackResult:
     """Record the intent and the record run, re-read both aliases, then move them and tag.
 
     If either alias no longer points where the plan read it, the record is closed as `conflict`
@@ -120,9 +138,10 @@ def _apply(client: MlflowClient, planned: RollbackResult, session: Session) -> R
     """
     model, alias, kept = planned.model, planned.alias, planned.previous_alias
     previous, current = planned.restored_version, planned.displaced_version
-    reason = (f"rollback: @{alias} moved back from {version_or_none(current, NOTHING)} to "
-              f"version {previous}")
-    entry = Entry(kind="rollback", model=model, alias=alias, outcome="pending",
+    reason = why.reason or (f"rollback: @{alias} moved back from "
+                            f"{version_or_none(current, NOTHING)} to version {previous}")
+    planned = replace(planned, kind=why.kind)
+    entry = Entry(kind=why.kind, model=model, alias=alias, outcome="pending",
                   candidate_version=previous, compared_to=current, decided_at=planned.decided_at,
                   reason=reason, triggered_by=planned.trigger.describe(),
                   operation=session.operation)
@@ -137,8 +156,10 @@ def _apply(client: MlflowClient, planned: RollbackResult, session: Session) -> R
         run = store.open_run(client, entry, planned.trigger)
         session.run_id = run.run_id
         now = _rollback_aliases(client, model, alias)
-        if now != (current, previous):
-            _conflict(client, op, replace(planned, record_run_id=run.run_id), run, now)
+        read = why.expected or (current, previous)
+        if now != (current, previous) or read != (current, previous):
+            was = replace(planned, displaced_version=read[0], restored_version=read[1] or "?")
+            _conflict(client, op, replace(was, record_run_id=run.run_id), run, now)
         op.move(alias, previous)
     except RollbackConflict:
         raise
@@ -148,14 +169,14 @@ def _apply(client: MlflowClient, planned: RollbackResult, session: Session) -> R
                      applied=op.moved is True)
     if op.moved is None:
         raise RollbackIncomplete(replace(result, missing=(f"@{alias}: its write got no answer",)))
-    missing = op.finish(_finishing(client, result, entry, run))
+    missing = op.finish(_finishing(client, result, entry, run, why))
     if missing:
         raise RollbackIncomplete(replace(result, missing=missing))
     return result
 
 
 def _finishing(client: MlflowClient, result: RollbackResult, entry: Entry,
-               run: store.RecordRun | None) -> list[Step]:
+               run: store.RecordRun | None, why: Why) -> list[Step]:
     """The writes that complete an applied rollback, in order."""
     model, alias, kept = result.model, result.alias, result.previous_alias
     previous, current = result.restored_version, result.displaced_version
@@ -172,13 +193,14 @@ def _finishing(client: MlflowClient, result: RollbackResult, entry: Entry,
             registry.set_tags, client, model, current, {
                 records.DECISION: "rolled_back", records.DECIDED_AT: result.decided_at,
                 records.COMPARED_TO: previous,
-                records.REASON: f"replaced by version {previous} in a rollback of @{alias}",
+                records.REASON: why.reason or f"replaced by version {previous} in a rollback "
+                                              f"of @{alias}",
                 **({records.RECORD_RUN: run_id} if run_id else {})})))
     if run is not None:
         final = replace(entry, outcome="rollback")
         steps.append((f"the decision record (run {run.run_id})", partial(
             store.close_run, client, run, final, result.trigger,
-            files=record_files(result))))
+            files={**record_files(result), **why.files})))
     return steps
 
 

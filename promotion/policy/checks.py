@@ -42,6 +42,9 @@ MAX_MODEL_NAME_LENGTH = 256  # the registry's column width
 MAX_TAG_KEY_LENGTH = 250
 MAX_VERSION = 2**63 - 1  # the registry stores version numbers as 64-bit integers at most
 _PERCENT = re.compile(r"([0-9]+(?:\.[0-9]+)?)%")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhd])")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_DURATION_S = 90 * 86400  # a window or bake period longer than a quarter is a typo
 _NEGATIVE_PERCENT = re.compile(r"-\s*[0-9]+(?:\.[0-9]+)?\s*%")
 
 
@@ -150,8 +153,48 @@ def margin(value: Any) -> Margin:
     return Margin(number)
 
 
+def duration(value: Any) -> float:
+    """`30s`, `15m`, `2h`, `1d` -> seconds. A bare number is refused: its unit would be a guess."""
+    expected = "a duration like '30s', '15m', '2h' or '1d'"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        fail(f"expected {expected}, got {describe(value)}")
+    if not isinstance(value, str):
+        fail(f"expected {expected}, got {describe(value)} (write '{value:g}s' for seconds)")
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        fail(f"expected {expected}, got {describe(value)}")
+    seconds = float(match[1]) * DURATION_UNITS[match[2]]
+    if seconds > MAX_DURATION_S:
+        fail(f"expected at most {MAX_DURATION_S // 86400}d, got {describe(value)}")
+    return seconds
+
+
+def positive_duration(value: Any) -> float:
+    seconds = duration(value)
+    if seconds <= 0:
+        fail(f"expected a duration above zero, got {describe(value)}")
+    return seconds
+
+
+def rate(value: Any) -> float:
+    """A share of requests: `1%` or a number from 0 to 1."""
+    expected = "a share from 0 to 1 or a percentage like '1%'"
+    if isinstance(value, str):
+        if match := _PERCENT.fullmatch(value.strip()):
+            share = float(match[1]) / 100
+            if share > 1:
+                fail(f"expected at most 100%, got {describe(value)}")
+            return share
+        fail(f"expected {expected}, got {describe(value)}")
+    number = finite_number(value, expected)
+    if not 0 <= number <= 1:
+        hint = f"; {number:g}% is {number / 100:g}" if 1 < number <= 100 else ""
+        fail(f"expected {expected}, got {describe(value)}{hint}")
+    return number
+
+
 def one_of(*options: str) -> Callable[[Any], Any]:
-    listed = " or ".join(f"'{o}'" for o in options) if len(options) == 2 else \
+    listed = " or ".join(f"'{o}'" for o in options) if len(options) <= 2 else \
         "one of " + ", ".join(f"'{o}'" for o in options)
 
     def check(value: Any) -> str:

@@ -22,6 +22,7 @@ from promotion.policy.checks import (
     boolean,
     candidate_spec,
     data_source,
+    duration,
     finite_number,
     fraction,
     guarded_alias,
@@ -30,6 +31,8 @@ from promotion.policy.checks import (
     model_name,
     non_empty,
     one_of,
+    positive_duration,
+    rate,
     string_value,
     tag_key,
 )
@@ -97,3 +100,23 @@ MetricName = Annotated[str, PlainValidator(non_empty), WithJsonSchema({"type": "
                                                                       "minLength": 1})]
 Ceiling = Annotated[float | None, PlainValidator(at_least_zero),
                     WithJsonSchema({"type": "number", "minimum": 0})]
+
+_DURATION_SCHEMA = {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?[smhd]$"}
+Duration = Annotated[float, PlainValidator(duration), _schema(
+    _DURATION_SCHEMA, "A duration: a number and a unit, s, m, h or d ('15m', '2h').")]
+PositiveDuration = Annotated[float, PlainValidator(positive_duration), _schema(
+    {**_DURATION_SCHEMA, "not": {"pattern": "^0+(\\.0+)?[smhd]$"}},
+    "A duration above zero: a number and a unit, s, m, h or d ('15m', '2h').")]
+Rate = Annotated[float | None, PlainValidator(rate), WithJsonSchema(
+    {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1},
+               {"type": "string", "pattern": "^(100(\\.0+)?|[0-9]{1,2}(\\.[0-9]+)?)%$"}]})]
+Count = Annotated[int, PlainValidator(integer(1, 10**9)), WithJsonSchema(
+    {"type": "integer", "minimum": 1, "maximum": 10**9})]
+OnBreach = Annotated[str, PlainValidator(one_of("rollback", "alert")), _schema(
+    {"enum": ["rollback", "alert"]},
+    "rollback: a breach during the bake period moves the alias back; alert: only record it.")]
+Against = Annotated[str, PlainValidator(one_of("offline", "previous")), _schema(
+    {"enum": ["offline", "previous"]},
+    "offline: the version's own logged metric; previous: the displaced version's live value.")]
+LiveSource = Annotated[str, PlainValidator(one_of("live")), _schema(
+    {"const": "live"}, "live: computed from the logged predictions joined to their labels.")]

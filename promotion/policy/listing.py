@@ -44,9 +44,11 @@ class PolicyEntry:
     policy: str
     model: str
     alias: str
+    watched: bool = False  # it has a `watch:` block (monitor.yml watches it)
 
-    def as_dict(self) -> dict[str, str]:
-        return {"policy": self.policy, "model": self.model, "alias": self.alias}
+    def as_dict(self) -> dict[str, str | bool]:
+        return {"policy": self.policy, "model": self.model, "alias": self.alias,
+                "watched": self.watched}
 
 
 @dataclass(frozen=True)
@@ -57,23 +59,27 @@ class PolicyListing:
 
 
 def list_policies(paths: Sequence[str], *, select: str | None = None,
-                  per_alias: bool = False) -> PolicyListing:
+                  per_alias: bool = False, watched: bool = False) -> PolicyListing:
     """The policies under `paths` (default policies/), in file order, narrowed by `select`.
 
     `select` names a policy file (compared as an absolute path, so `./policies/a.yaml` matches)
     or a model (every policy of it); None or "" selects everything. `per_alias` keeps the first
-    policy of each (model, alias). Raises PolicyError if any file is invalid, InvalidInput if
-    the selection matches nothing.
+    policy of each (model, alias); `watched` keeps only policies with a `watch:` block (possibly
+    none: a repository may watch nothing yet). Raises PolicyError if any file is invalid,
+    InvalidInput if the selection matches nothing.
     """
     files = policy_files(paths)
     loaded, issues = load_each(files)
     if issues:
         raise PolicyError(issues)
-    entries = [PolicyEntry(path, policy.model, policy.alias) for path, policy in loaded]
+    entries = [PolicyEntry(path, policy.model, policy.alias, policy.watch is not None)
+               for path, policy in loaded]
     if select:
         entries = [e for e in entries if _selects(select, e)]
         if not entries:
             raise InvalidInput(_no_match(select, paths, files))
+    if watched:
+        entries = [e for e in entries if e.watched]
     if per_alias:
         # A rollback once per alias: a second one of the same alias would flip it back.
         first: dict[tuple[str, str], PolicyEntry] = {}

@@ -81,6 +81,48 @@ class Budget:
     max_increase: Margin | None = None  # vs Production: may grow by at most this
 
 
+WATCH_SIGNALS = ("error_rate", "latency_p95_ms", "prediction_psi", "feature_psi",
+                 "prediction_ks", "feature_ks")
+MINIMIZED = ("rmse", "mae", "log_loss")  # the other live metrics are maximised
+
+
+@dataclass(frozen=True)
+class WatchRule:
+    """One rule of a `watch:` block, on a live signal or on a live quality metric.
+
+    `max`/`min` are absolute; `max_increase` (signals) and `max_regression` (quality) compare with a
+    reference: the displaced version's recent traffic for latency and errors, the version's
+    offline value (or, with against: previous, the displaced version live) for quality.
+    """
+
+    name: str  # one of WATCH_SIGNALS, or a live metric (rmse, accuracy, ...)
+    max: float | None = None
+    min: float | None = None
+    max_increase: Margin | None = None
+    max_regression: Margin | None = None
+    against: Literal["offline", "previous"] = "offline"
+
+    @property
+    def is_quality(self) -> bool:
+        return self.name not in WATCH_SIGNALS
+
+    @property
+    def goal(self) -> Goal:
+        return "maximize" if self.is_quality and self.name not in MINIMIZED else "minimize"
+
+
+@dataclass(frozen=True)
+class Watch:
+    """How a promoted version is watched live (promote watch)."""
+
+    rules: tuple[WatchRule, ...]
+    bake_seconds: float = 3600.0  # after a promotion, breaches roll back (on_breach: rollback)
+    window_seconds: float = 900.0  # the traffic each watch judges: the last `window`
+    min_requests: int = 100  # fewer requests in the window: insufficient data, never a breach
+    min_labels: int = 30  # quality rules need this many labelled rows
+    on_breach: Literal["rollback", "alert"] = "rollback"
+
+
 @dataclass(frozen=True)
 class Candidate:
     """Which version to gate: the highest version number, a fixed version, or an alias."""
@@ -124,6 +166,7 @@ class Policy:
     require_tags: tuple[tuple[str, str], ...] = ()
     evaluation: Evaluation | None = None
     budgets: tuple[Budget, ...] = ()
+    watch: Watch | None = None
     # Where each key and value of the file was; None for a policy built in code. Shared with the
     # document it was read from (not copied), and not part of the policy's value: two policies
     # with the same rules are equal however their files are laid out.

@@ -16,18 +16,10 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from promotion.policy.checks import (
     DEFAULT_TEST_SIZE,
@@ -67,6 +59,8 @@ from promotion.policy.model import (
     MetricRule,
     Policy,
 )
+from promotion.policy.section import Problems, Section, tidy
+from promotion.policy.watchschema import WatchModel, to_watch
 from promotion.policy.yamlfile import Document
 
 # --------------------------------------------------------------------------------------------
@@ -76,44 +70,10 @@ _IS_EVALUATION = {"required": ["source"], "properties": {"source": {"const": "ev
 _BOUNDS = ("min", "max", "min_improvement", "max_regression")
 
 
-Problems = list[tuple[Path, str]]  # (key path relative to the section, message)
-
-
-class _Section(BaseModel):
-    """A mapping of the language: unknown keys refused, and `rules` relating its keys.
-
-    `rules` read the raw mapping (key presence, plain values) rather than the validated model, so
-    they are reported together with problems in the individual values instead of only once
-    those are fixed: every issue in a file is listed in one run.
-    """
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True,
-                              json_schema_extra=lambda schema: _tidy(schema))
-
-    @classmethod
-    def rules(cls, data: dict[str, Any]) -> Problems:
-        return []
-
-    @model_validator(mode="wrap")
-    @classmethod
-    def _check_rules(cls, data: Any, handler: Callable[[Any], Any]) -> Any:
-        problems = cls.rules(data) if isinstance(data, dict) else []
-        if not problems:
-            return handler(data)
-        errors: list[Any] = []
-        try:
-            handler(data)
-        except ValidationError as exc:
-            errors = list(exc.errors())
-        # One error carrying the rules' problems and the values' errors; `_flatten` unpacks it.
-        raise PydanticCustomError("policy_rules", "{message}",
-                                  {"message": problems[0][1], "issues": problems, "errors": errors})
-
-
-class MetricModel(_Section):
+class MetricModel(Section):
     """A rule on one metric: absolute bounds and/or a margin against Production."""
 
-    model_config = ConfigDict(json_schema_extra=lambda schema: _tidy(schema, {
+    model_config = ConfigDict(json_schema_extra=lambda schema: tidy(schema, {
         "anyOf": [{"required": [b]} for b in _BOUNDS],
         "not": {"required": ["min_improvement", "max_regression"]},
         "if": {"required": ["significant"], "properties": {"significant": {"const": True}}},
@@ -135,7 +95,7 @@ class MetricModel(_Section):
         False, description="Relative rules must hold at the confidence bound (evaluation only).")
 
     @classmethod
-    def rules(cls, data: dict[str, Any]) -> Problems:
+    def relations(cls, data: dict[str, Any]) -> Problems:
         problems: Problems = []
         if not any(bound in data for bound in _BOUNDS):
             problems.append(((), "needs at least one of min, max, min_improvement, max_regression"))
@@ -154,10 +114,10 @@ class MetricModel(_Section):
         return problems
 
 
-class EvaluationModel(_Section):
+class EvaluationModel(Section):
     """The pinned evaluation set both versions are re-scored on."""
 
-    model_config = ConfigDict(json_schema_extra=lambda schema: _tidy(schema, {
+    model_config = ConfigDict(json_schema_extra=lambda schema: tidy(schema, {
         "if": {"properties": {"data": {"pattern": "^sklearn:"}}},
         "else": {"not": {"required": ["test_size"]}},
     }))
@@ -170,7 +130,7 @@ class EvaluationModel(_Section):
     test_size: TestSize = None
 
     @classmethod
-    def rules(cls, data: dict[str, Any]) -> Problems:
+    def relations(cls, data: dict[str, Any]) -> Problems:
         source = data.get("data")
         if "test_size" in data and isinstance(source, str) and not source.startswith("sklearn:"):
             return [(("test_size",), "test_size only applies to sklearn: data; a file is used "
@@ -179,10 +139,10 @@ class EvaluationModel(_Section):
 
 
 
-class BudgetModel(_Section):
+class BudgetModel(Section):
     """An operational budget; lower is always better."""
 
-    model_config = ConfigDict(json_schema_extra=lambda schema: _tidy(schema, {
+    model_config = ConfigDict(json_schema_extra=lambda schema: tidy(schema, {
         "anyOf": [{"required": ["max"]}, {"required": ["max_increase"]}],
     }))
 
@@ -191,13 +151,13 @@ class BudgetModel(_Section):
         None, description="May grow by at most this versus Production: a number or 'N%'.")
 
     @classmethod
-    def rules(cls, data: dict[str, Any]) -> Problems:
+    def relations(cls, data: dict[str, Any]) -> Problems:
         if "max" not in data and "max_increase" not in data:
             return [((), "needs max and/or max_increase")]
         return []
 
 
-class BudgetsModel(_Section):
+class BudgetsModel(Section):
     """Operational budgets, measured on the evaluation data."""
 
     latency_p95_ms: BudgetModel | None = Field(
@@ -207,12 +167,12 @@ class BudgetsModel(_Section):
     _sections_not_null = field_validator("latency_p95_ms", "size_mb", mode="before")(no_null)
 
 
-class PolicyModel(_Section):
+class PolicyModel(Section):
     """A promotion policy: the candidate is promoted only when every rule passes."""
 
     model_config = ConfigDict(
         title="Promote policy",
-        json_schema_extra=lambda schema: _tidy(schema, {
+        json_schema_extra=lambda schema: tidy(schema, {
             "dependentRequired": {"budgets": ["evaluation"]},
             "allOf": [
                 {"if": {"properties": {"metrics": {"additionalProperties": {
@@ -236,11 +196,14 @@ class PolicyModel(_Section):
         default_factory=dict,
         description="Tags the candidate version must carry, with these exact (string) values.")
     budgets: BudgetsModel | None = None
+    watch: WatchModel | None = Field(
+        None, description="How the version is watched live once promoted (promote watch).")
 
-    _sections_not_null = field_validator("evaluation", "budgets", mode="before")(no_null)
+    _sections_not_null = field_validator("evaluation", "budgets", "watch",
+                                         mode="before")(no_null)
 
     @classmethod
-    def rules(cls, data: dict[str, Any]) -> Problems:
+    def relations(cls, data: dict[str, Any]) -> Problems:
         return _section_problems(data)
 
 
@@ -271,27 +234,6 @@ def _section_problems(data: dict[str, Any]) -> Problems:
 
 # --------------------------------------------------------------------------------------------
 # JSON Schema
-
-
-def _tidy(schema: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
-    """Drop pydantic's noise (titles, null branches, null defaults) and add the cross-key rules.
-
-    null is never a valid value in a policy, so `X | None` fields are exported as plain `X`.
-    """
-    schema.pop("title", None)
-    for prop in schema.get("properties", {}).values():
-        prop.pop("title", None)
-        if prop.get("default", 0) is None:
-            del prop["default"]
-        branches = prop.get("anyOf")
-        if isinstance(branches, list) and {"type": "null"} in branches:
-            rest = [b for b in branches if b != {"type": "null"}]
-            del prop["anyOf"]
-            if len(rest) == 1:
-                prop.update({k: v for k, v in rest[0].items() if k not in prop})
-            else:
-                prop["anyOf"] = rest
-    schema.update(extra or {})
 
 
 def json_schema() -> dict[str, Any]:
@@ -412,6 +354,7 @@ def to_policy(model: PolicyModel, *, path: str, sha256: str,
         require_tags=tuple(model.require_tags.items()),
         evaluation=_evaluation(model.evaluation) if model.evaluation else None,
         budgets=_budgets(model.budgets) if model.budgets else (),
+        watch=to_watch(model.watch) if model.watch else None,
         positions=positions,
     )
 

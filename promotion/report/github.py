@@ -6,8 +6,9 @@ import os
 import uuid
 from collections.abc import Mapping
 
-from promotion.engine.results import GateResult
+from promotion.engine.results import GateResult, WatchResult
 from promotion.report.decision import markdown
+from promotion.report.watch import markdown as watch_markdown
 
 
 def github_outputs(result: GateResult) -> dict[str, str]:
@@ -41,3 +42,21 @@ def output_lines(values: Mapping[str, str]) -> str:
         delimiter = f"promote_{uuid.uuid4().hex}"
         text.append(f"{name}<<{delimiter}\n{value}\n{delimiter}\n")
     return "".join(text)
+
+
+def write_github_watch(result: WatchResult, env: Mapping[str, str] | None = None) -> None:
+    """Inside GitHub Actions: the watch table in the job summary; outcome/action as outputs."""
+    env = os.environ if env is None else env
+    if env.get("GITHUB_ACTIONS") != "true":
+        return
+    summary = env.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(watch_markdown(result) + "\n")
+    outputs = env.get("GITHUB_OUTPUT")
+    if outputs:
+        with open(outputs, "a", encoding="utf-8") as f:
+            f.write(output_lines({
+                "outcome": result.outcome, "action": result.action,
+                "version": result.decision.version if result.decision else "",
+                "dry_run": "true" if result.dry_run else "false"}))

@@ -35,6 +35,8 @@ class TrainedVersion(Protocol):
     def data_sha256(self) -> str | None: ...
     @property
     def run_url(self) -> str | None: ...
+    @property
+    def profile(self) -> str | None: ...  # "ok", or why the reference profile is missing
 
     def to_dict(self) -> dict[str, Any]: ...
 
@@ -45,6 +47,9 @@ def train_lines(result: TrainedVersion) -> list[str]:
     data = "validated" if result.data_validated else f"NOT validated ({result.data_validation})"
     digest = "?" if result.data_sha256 is None else result.data_sha256
     rows = [("metrics", f"{metrics}  (holdout)"), ("data", f"{data}, sha256 {digest[:12]}")]
+    if result.profile not in (None, "ok"):
+        rows.append(("profile", f"NOT stored ({result.profile}): drift rules of `promote "
+                                "watch` cannot judge this version"))
     if result.run_url:
         rows.append(("view", result.run_url))
     head = f"{result.model} {version_or_none(result.version)} (@{result.alias})"

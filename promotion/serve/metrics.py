@@ -1,5 +1,6 @@
-"""The endpoint's Prometheus metrics: request counters and latency by served version, and the
-follower's state (served version, alias target, in sync, swaps, load failures) read at scrape time.
+"""The endpoint's Prometheus metrics: request counters and latency by served version, the
+follower's state (served version, alias target, in sync, swaps, load failures) and the inference
+log's (records written, dropped by reason, queue depth, healthy), read at scrape time.
 
 prometheus_client is imported inside the functions: only a running endpoint needs it.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from promotion.monitoring.logstore import LogWriter
 from promotion.serve.follower import AliasFollower
 
 if TYPE_CHECKING:
@@ -20,7 +22,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     """Request metrics labelled by the version that served them, plus the follower's state."""
 
-    def __init__(self, follower: AliasFollower) -> None:
+    def __init__(self, follower: AliasFollower, log: LogWriter | None = None) -> None:
         from prometheus_client import (
             CollectorRegistry,
             Counter,
@@ -42,6 +44,8 @@ class Metrics:
                                  "scoring request, by served version.", ["version"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_follower_collector(follower))
+        if log is not None:
+            self.registry.register(_log_collector(log))
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -87,6 +91,35 @@ def _follower_collector(follower: AliasFollower) -> Collector:
                 yield counter
 
     return FollowerCollector()
+
+
+def _log_collector(writer: LogWriter) -> Collector:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class LogCollector:
+        def collect(self) -> Iterable[Any]:
+            stats = writer.stats()
+            written = CounterMetricFamily("promote_serve_log_records", "Request records written "
+                                          "to the inference log.")
+            written.add_metric([], stats.written)
+            yield written
+            dropped = CounterMetricFamily("promote_serve_log_dropped", "Request records not "
+                                          "written: the queue was full, or the database failed.",
+                                          labels=["reason"])
+            dropped.add_metric(["queue_full"], stats.dropped_queue_full)
+            dropped.add_metric(["database"], stats.dropped_database)
+            yield dropped
+            for name, doc, value in (
+                ("promote_serve_log_queue_depth", "Request records waiting to be written.",
+                 stats.queued),
+                ("promote_serve_log_healthy", "1 when the last write to the inference log "
+                 "succeeded.", float(stats.healthy)),
+            ):
+                gauge = GaugeMetricFamily(name, doc)
+                gauge.add_metric([], value)
+                yield gauge
+
+    return LogCollector()
 
 
 def _number(version: str | None) -> float:

@@ -4,20 +4,31 @@ A request body is parsed with MLflow's own scoring helpers (JSON `dataframe_spli
 `dataframe_records`, `inputs`, `instances`, optional `params`; or CSV) and checked against the
 model signature by pyfunc, so an endpoint accepts exactly what `mlflow models serve` accepts.
 Every problem with a request is a `RequestError`: the HTTP status, metric reason and one-line
-message it is answered with. mlflow is imported inside the functions that use it.
+message it is answered with. What scoring saw (the parsed input, the raw predictions) is kept in
+a `Scoring` for the inference log; `sample_rows` cuts the logged share of it. The body of
+`POST /feedback` is read here too (`parse_feedback`). mlflow and pandas are imported inside the
+functions that use them.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import uuid
+from dataclasses import dataclass
 from io import StringIO
 from typing import Any
 
 from promotion.errors import redact
+from promotion.monitoring.logstore import Label
 from promotion.serve.follower import Served
 
 JSON_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 MAX_MESSAGE = 1000  # MLflow's schema errors quote the whole input; keep answers readable
+# A client's X-Request-Id is kept when it is 1-128 printable ASCII characters without spaces.
+_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+FEEDBACK_KEYS = ("request_id", "row", "row_key", "label")
+MAX_SOURCE = 256
 
 
 class RequestError(Exception):
@@ -132,9 +143,104 @@ def encode_predictions(raw: Any) -> bytes:
     return out.getvalue().encode("utf-8")
 
 
-def score(served: Served, body: bytes, content_type: str | None) -> bytes:
+@dataclass
+class Scoring:
+    """What scoring one request saw, filled in as it goes (the app logs it afterwards)."""
+
+    data: Any = None  # the parsed model input
+    rows: int = 0  # rows in it (0 until it is parsed)
+    raw: Any = None  # the model's raw predictions
+
+
+def score(served: Served, body: bytes, content_type: str | None,
+          seen: Scoring | None = None) -> bytes:
+    seen = seen if seen is not None else Scoring()
     data, params = parse_request(body, content_type, served.input_schema)
-    return encode_predictions(predict(served, data, params))
+    seen.data, seen.rows = data, row_count(data)
+    seen.raw = predict(served, data, params)
+    return encode_predictions(seen.raw)
+
+
+def row_count(data: Any) -> int:
+    """Rows of a parsed input: a frame's or an array's length, a dict of columns' first column."""
+    if isinstance(data, dict):
+        first = next(iter(data.values()), None)
+        return row_count(first) if first is not None else 0
+    shape = getattr(data, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else 1
+    try:
+        return len(data)
+    except TypeError:
+        return 1 if data is not None else 0
+
+
+def sample_rows(data: Any, raw: Any, max_rows: int,
+                row_key: str | None) -> tuple[Any, Any, tuple[str, ...] | None]:
+    """(the first `max_rows` input rows as a DataFrame, their predictions, their row keys).
+
+    Cheap on purpose (slices, no copies of the values): it runs on the request path; the
+    encoding happens on the log writer's thread.
+    """
+    import pandas as pd
+
+    frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
+    frame = frame.iloc[:max_rows]
+    if isinstance(raw, pd.DataFrame | pd.Series):
+        predictions = raw.iloc[:max_rows]
+    elif isinstance(raw, dict):
+        predictions = {name: values[:max_rows] for name, values in raw.items()}
+    else:
+        predictions = raw[:max_rows] if hasattr(raw, "__getitem__") else raw
+    keys = None
+    if row_key is not None and row_key in frame.columns:
+        keys = tuple("" if pd.isna(v) else str(v) for v in frame[row_key].tolist())
+    return frame, predictions, keys
+
+
+def request_id(header: str | None) -> str:
+    """The client's X-Request-Id when it is usable, else a new one."""
+    if header is not None and _REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+def parse_feedback(body: bytes, content_type: str | None) -> tuple[list[Label], str | None]:
+    """The labels of a POST /feedback body and its optional source, or RequestError (400/415).
+
+    Only the shape is checked here; what the labels say (types, rows, requests) is checked by
+    the inference log, which refuses a batch as a whole.
+    """
+    mime, charset = _content_type(content_type)
+    if mime != "application/json" or charset not in ("utf-8", "utf8"):
+        raise RequestError(415, "unsupported_media_type", "send the labels as application/json "
+                           "(UTF-8)")
+    payload = _decode_json(body) if body.strip() else None
+    expected = ('send {"labels": [{"request_id": "...", "row": 0, "label": 1.5}, ...]} '
+                '(or "row_key" instead of request_id and row)')
+    if not isinstance(payload, dict) or not isinstance(payload.get("labels"), list) \
+            or set(payload) - {"labels", "source"}:
+        raise RequestError(400, "bad_input", expected)
+    source = payload.get("source")
+    if source is not None and (not isinstance(source, str) or not 0 < len(source) <= MAX_SOURCE):
+        raise RequestError(400, "bad_input", f"source must be a string of 1 to {MAX_SOURCE} "
+                           "characters")
+    problems = []
+    for i, item in enumerate(payload["labels"]):
+        if not isinstance(item, dict):
+            problems.append(f"labels[{i}] is not an object")
+        elif "label" not in item or set(item) - set(FEEDBACK_KEYS):
+            found = ", ".join(sorted(item)) or "nothing"
+            problems.append(f"labels[{i}] must have label and request_id (and row), or label and "
+                            f"row_key; found: {found}")
+    if problems:
+        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        raise RequestError(400, "bad_input", clip(f"{len(problems)} of {len(payload['labels'])} "
+                           f"labels refused, nothing written: {'; '.join(problems[:5])}{more}"))
+    labels = [Label(label=item["label"], request_id=item.get("request_id"),
+                    row=item.get("row", 0), row_key=item.get("row_key"))
+              for item in payload["labels"]]
+    return labels, source
 
 
 def clip(message: str) -> str:

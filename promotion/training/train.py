@@ -4,8 +4,10 @@ Everything that can be wrong with the input (the file, its YAML, its keys, the e
 hyperparameters, the data source) is checked for *every* config before the first write to MLflow
 (promotion.training.config), so a bad config leaves the registry exactly as it was. Then each
 candidate is fitted under `mlflow.autolog()`, scored on a seeded holdout that every candidate
-shares (promotion.training.data), logged with its signature and an input example, registered as a
-new version with lineage tags, and given the alias `challenger`.
+shares (promotion.training.data), logged with its signature and an input example and the
+reference profile of its holdout inputs and predictions (promotion.training.profiling, for
+`promote watch`), registered as a new version with lineage tags, and given the alias
+`challenger`.
 
 The run and the model are logged through MLflow's fluent API (mlflow.start_run, log_metrics,
 log_model, autolog), which is training's own business; the registry is written through
@@ -32,6 +34,7 @@ from promotion.registry.client import (
 from promotion.training import lineage
 from promotion.training.config import TrainConfig, build_estimator, load_configs
 from promotion.training.data import PreparedData, holdout_metrics, prepare_data
+from promotion.training.profiling import log_reference_profile
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -67,6 +70,7 @@ class TrainResult:
     tags: Mapping[str, str] = field(default_factory=dict)  # lineage tags of run and version
     alias: str = CHALLENGER
     run_url: str | None = None  # the run in the MLflow UI, for a tracking server (redacted)
+    profile: str | None = None  # the reference profile: "ok", or why the run has none
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
@@ -86,7 +90,7 @@ class TrainResult:
                 "alias": self.alias, "run_id": self.run_id, "experiment_id": self.experiment_id,
                 "metrics": dict(self.metrics), "data_validated": self.data_validated,
                 "data_validation": self.data_validation, "tags": dict(self.tags),
-                "run_url": self.run_url}
+                "run_url": self.run_url, "profile": self.profile}
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,10 @@ def train_one(config: TrainConfig, data: PreparedData, client: MlflowClient) -> 
                                   description=config.description or None) as run:
                 estimator = build_estimator(config)
                 estimator.fit(h.x_train, h.y_train)
-                metrics = holdout_metrics(h.y_test, estimator.predict(h.x_test))
+                predicted = estimator.predict(h.x_test)
+                metrics = holdout_metrics(h.y_test, predicted)
                 mlflow.log_metrics(metrics)
+                profile = log_reference_profile(h.x_test, predicted, data=config.data)
                 mlflow.log_params({"split_seed": config.seed, "test_size": config.test_size,
                                    "holdout_rows": len(h.y_test), "data": config.data})
                 mlflow.log_artifact(config.path, artifact_path="config")
@@ -179,7 +185,7 @@ def train_one(config: TrainConfig, data: PreparedData, client: MlflowClient) -> 
     return TrainResult(config=config.path, model=config.model, version=str(version.version),
                        run_id=run.info.run_id, experiment_id=experiment.experiment_id,
                        metrics=metrics, data_validated=data.check.ok,
-                       data_validation=data.check.summary, tags=tags,
+                       data_validation=data.check.summary, tags=tags, profile=profile,
                        run_url=_run_url(client, experiment.experiment_id, run.info.run_id))
 
 

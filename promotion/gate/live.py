@@ -1,0 +1,157 @@
+"""What the watch measures: one version's live window, read from the inference log.
+
+Requests, errors and latency are aggregated in the log database; drift streams the window's
+logged rows in chunks through the version's reference profile (at most `MAX_DRIFT_ROWS`, a
+systematic sample spread over the window, so a busy endpoint costs the same as a quiet one);
+quality joins the labels that have arrived to the predictions they are about. The reference
+profile is the one `promote train` stored on the version's run, else the one an earlier watch
+computed on the policy's evaluation set (stored on the version's monitoring run), else it is
+computed now from that set.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from promotion.engine.facts import VersionFacts
+from promotion.engine.watch import LiveFacts
+from promotion.errors import InvalidInput
+from promotion.evaluation.bootstrap import Outputs, score
+from promotion.evaluation.data import load_evaluation_set
+from promotion.evaluation.versions import call_predict, load_version
+from promotion.monitoring.drift import DriftAccumulator
+from promotion.monitoring.logstore import LogStore
+from promotion.monitoring.profile import Profile, build_profile
+from promotion.policy.model import Policy
+from promotion.registry import monitoring, profiles
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+MAX_DRIFT_ROWS = 50_000
+MAX_LABEL_AGE = 7 * 86400  # quality reads labels of requests at most this old
+LIVE_METRICS = ("rmse", "mae", "r2", "accuracy", "f1")  # computable from predictions alone
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float  # epoch seconds, inclusive
+    end: float  # exclusive
+
+    @property
+    def bounds(self) -> tuple[datetime, datetime]:
+        return (datetime.fromtimestamp(self.start, UTC), datetime.fromtimestamp(self.end, UTC))
+
+
+@dataclass(frozen=True)
+class ReferenceProfile:
+    profile: Profile | None
+    where: str | None  # "run <id>", "monitoring run <id>", or "computed now on <data>"
+    computed: bool = False  # made by this watch (to be stored unless it is a dry run)
+
+
+def measure(store: LogStore, model: str, version: str, window: Window, *,
+            profile: Profile | None = None, profile_where: str | None = None,
+            quality: tuple[str, ...] = (), drift: bool = True,
+            labelled_since: float | None = None) -> LiveFacts:
+    """The facts of one version over one window.
+
+    Quality reads the labelled rows of requests since `labelled_since` (default: the window's
+    start), as labels arrive late: a watch judges every label that has come in for the version.
+    """
+    start, end = window.bounds
+    summary = store.request_summary(model, version, start, end)
+    facts: dict[str, Any] = {
+        "version": version, "requests": summary.requests, "rows": summary.rows,
+        "error_rate": summary.error_rate, "latency_p50_ms": summary.latency_p50_ms,
+        "latency_p95_ms": summary.latency_p95_ms, "profile": profile_where}
+    if drift and profile is not None and summary.requests:
+        facts.update(_drift(store, model, version, window, profile))
+    if quality:
+        since = window.start if labelled_since is None else min(labelled_since, window.start)
+        facts.update(_quality(store, model, version, Window(since, window.end), quality))
+    return LiveFacts(**facts)
+
+
+def _drift(store: LogStore, model: str, version: str, window: Window,
+           profile: Profile) -> dict[str, Any]:
+    start, end = window.bounds
+    accumulator = DriftAccumulator(profile)
+    for inputs, predictions in store.iter_rows(model, version, start, end,
+                                               max_rows=MAX_DRIFT_ROWS):
+        accumulator.add(inputs, predictions)
+    drift = accumulator.result()
+    features = [f for f in drift.features if not f.missing]
+    return {
+        "drift_rows": drift.rows,
+        "prediction_psi": drift.prediction.psi, "prediction_ks": drift.prediction.ks,
+        "feature_psi": tuple((f.name, f.psi) for f in features if f.psi is not None),
+        "feature_ks": tuple((f.name, f.ks) for f in features if f.ks is not None),
+        "missing_features": tuple(f.name for f in drift.features if f.missing)
+        if drift.rows else (),
+    }
+
+
+def _quality(store: LogStore, model: str, version: str, window: Window,
+             metrics: tuple[str, ...]) -> dict[str, Any]:
+    import numpy as np
+
+    start, end = window.bounds
+    predictions, labels = store.labelled(model, version, start, end)
+    wanted = [m for m in metrics if m in LIVE_METRICS]
+    values: list[tuple[str, float]] = []
+    if len(labels) and wanted:
+        for name in wanted:
+            try:
+                value = score([name], labels, Outputs(np.asarray(predictions)))[name]
+            except (ValueError, TypeError):  # labels that do not fit the metric (text for rmse)
+                continue
+            if np.isfinite(value):
+                values.append((name, float(value)))
+    return {"labels": len(labels), "quality": tuple(values)}
+
+
+def reference_profile(client: MlflowClient, policy: Policy, version: VersionFacts,
+                      run_id: str | None) -> ReferenceProfile:
+    """The version's reference profile: stored at training, by an earlier watch, or made now."""
+    where = f"version {version.version}"
+    if run_id:
+        data = profiles.load_profile(client, run_id)
+        if data is not None:
+            return ReferenceProfile(Profile.from_json(data, where=f"{where}'s run profile"),
+                                    f"run {run_id}")
+    monitoring_run = monitoring.find_run(client, policy.model, version.version)
+    if monitoring_run:
+        data = profiles.load_profile(client, monitoring_run)
+        if data is not None:
+            return ReferenceProfile(Profile.from_json(data, where=f"{where}'s watch profile"),
+                                    f"monitoring run {monitoring_run}")
+    if policy.evaluation is None:
+        return ReferenceProfile(None, None)
+    return ReferenceProfile(_profile_from_evaluation(client, policy, version),
+                            f"computed on {policy.evaluation.data}", computed=True)
+
+
+def _profile_from_evaluation(client: MlflowClient, policy: Policy,
+                             version: VersionFacts) -> Profile:
+    data = load_evaluation_set(policy)
+    with tempfile.TemporaryDirectory(prefix="promote-watch-") as tmp:
+        loaded = load_version(client, version, Path(tmp) / "version")
+        predictions = call_predict(policy, loaded, data, data.features)
+    try:
+        return build_profile(data.features, predictions,
+                             source=f"evaluation: {data.source}")
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"cannot profile version {version.version} on {data.source}: "
+                           f"{exc}") from None
+
+
+def store_profile(client: MlflowClient, model: str, version: str, profile: Profile) -> str:
+    """Keep a profile the watch computed on the version's monitoring run; returns the run."""
+    run_id = monitoring.version_run(client, model, version)
+    profiles.save_profile(client, run_id, profile.to_json())
+    return run_id

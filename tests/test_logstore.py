@@ -521,3 +521,18 @@ def test_two_writers_on_one_postgresql_log_write_every_request_once(pg_uri, mode
         (2000,)]
     for s in stores:
         s.close()
+
+
+def test_logged_values_read_back_exactly(store, model):
+    """A value that came back rounded could cross a reference bin's edge: a 0/1 column's edges
+    are its own values, so drift would be reported where there is none."""
+    values = [-0.044641636506989144, 0.05068011873981862, 1e-17, 123456789.12345679]
+    frame = pd.DataFrame({"x": values})
+    predictions = np.array(values) * 3.0
+    store.write([RequestRecord(request_id=f"exact-{i}", at=T0, model=model, alias="Production",
+                               version="1", rows=1, latency_ms=1.0, outcome="ok", status=200,
+                               inputs=frame.iloc[[i]], predictions=predictions[[i]])
+                 for i in range(len(values))])
+    (inputs, read), = store.iter_rows(model, "1", T0, T0 + timedelta(seconds=1))
+    assert inputs["x"].tolist() == values
+    assert read.tolist() == predictions.tolist()

@@ -4,7 +4,9 @@ once), versions promoted by the real gate, and the rollback through the guarded 
 from __future__ import annotations
 
 import json
+import os
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -278,3 +280,70 @@ def postgres_log():
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
+
+
+def test_every_watches_until_sigterm_then_exits_0(tracking_uri, client, model_name, store,
+                                                  tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    add_version(client, model_name, {"rmse": 0.5})  # the model exists; nothing holds the alias
+    policy = tmp_path / "p.yaml"
+    policy.write_text(yaml.safe_dump({
+        "model": model_name, "metrics": {"rmse": {"goal": "minimize", "max": 1.0}},
+        "watch": {"rules": {"error_rate": {"max": "1%"}}}}))
+    proc = subprocess.Popen([sys.executable, "-m", "promotion", "watch", str(policy), "--every",
+                             "1s", "--log-uri", store.where], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+    try:
+        headlines = 0
+        while headlines < 2:  # one headline per window, each followed by the log's URI
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            headlines += "nothing to watch" in line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    finally:
+        proc.kill()
+
+
+def test_a_version_without_a_profile_gets_one_from_the_evaluation_set(client, model_name,
+                                                                      store, tmp_path):
+    """Registered elsewhere (no `promote train`): the first watch profiles it on the policy's
+    pinned evaluation set and keeps the profile on the version's monitoring run."""
+    import mlflow
+    import sklearn
+    from sklearn.linear_model import LinearRegression
+
+    from promotion.policy.model import Evaluation
+
+    pinned = Path(__file__).resolve().parent.parent / "policies" / "data" / "diabetes-eval.csv"
+    frame = pd.read_csv(pinned)
+    x, y = frame.drop(columns="target"), frame["target"]
+    fitted = LinearRegression().fit(x, y)
+    mlflow.set_tracking_uri(client.tracking_uri)
+    mlflow.set_experiment(model_name)
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(
+            fitted, name="model", input_example=x.iloc[:2], registered_model_name=model_name,
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}"])
+    version = str(info.registered_model_version)
+    client.set_registered_model_alias(model_name, "Production", version)
+    now = datetime.now(UTC).timestamp()
+    records = [RequestRecord(
+        request_id=uuid.uuid4().hex, at=datetime.fromtimestamp(now - 60 - i, UTC),
+        model=model_name, alias="Production", version=version, rows=1, latency_ms=3.0,
+        outcome="ok", status=200, inputs=x.iloc[[i % len(x)]],
+        predictions=fitted.predict(x.iloc[[i % len(x)]])) for i in range(300)]
+    store.write(records)
+    policy = replace(watched(model_name, rules=(WatchRule("feature_psi", max=1.0),
+                                                WatchRule("prediction_psi", max=1.0))),
+                     evaluation=Evaluation(data=str(pinned), target="target"))
+    first = run_watch(client, policy, store)
+    assert first.facts.live.profile == f"computed on {pinned}"
+    assert first.outcome == "healthy", first.decision.summary  # the same rows as the profile
+    second = run_watch(client, policy, store)
+    assert second.facts.live.profile == f"monitoring run {first.monitoring_run_id}"
+    assert second.facts.live.feature_psi == first.facts.live.feature_psi

@@ -36,12 +36,14 @@ def command(model: str, path: str, label_column: str, log_uri: str) -> None:
     """
     if not model.strip():
         raise InvalidInput("MODEL must not be empty")
-    labels = read_labels(path, label_column=label_column)
+    found = read_labels(path, label_column=label_column)
     store = LogStore(log_uri)
     try:
-        written = store.add_feedback(labels, source=f"file {path}", model=model)
+        written = store.add_feedback(found.labels, source=f"file {path}", model=model)
+    except InvalidInput as refused:
+        raise found.located(refused) from None
     finally:
         store.close()
-    by_version = ", ".join(f"version {version_or_none(v, 'none')}: {n}"
+    by_version = ", ".join(f"{version_or_none(v, 'no version')}: {n}"
                            for v, n in sorted(written.by_version.items()))
     click.echo(f"wrote {written.written} label(s) for {model} ({by_version}) to {store.where}")

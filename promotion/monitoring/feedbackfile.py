@@ -10,6 +10,8 @@ written all or nothing by `LogStore.add_feedback`.
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,21 @@ MAX_SHOWN = 5
 SUFFIXES = (".csv", ".parquet")
 
 
-def read_labels(path: str | Path, *, label_column: str = "label") -> list[Label]:
+@dataclass(frozen=True)
+class LabelFile:
+    """The labels of a file, and the line of the file each came from."""
+
+    path: str
+    labels: tuple[Label, ...]
+    lines: tuple[int, ...]
+
+    def located(self, error: InvalidInput) -> InvalidInput:
+        """A store's refusal (which names labels by index, `labels[3]`) told by file and line."""
+        text = re.sub(r"labels\[(\d+)\]", lambda m: f"line {self.lines[int(m[1])]}", str(error))
+        return InvalidInput(f"{self.path}: {text}")
+
+
+def read_labels(path: str | Path, *, label_column: str = "label") -> LabelFile:
     """The labels of a CSV or Parquet file, or InvalidInput naming every problem (up to 5)."""
     frame, first_line = _read(Path(path))
     name = str(path)
@@ -34,11 +50,12 @@ def read_labels(path: str | Path, *, label_column: str = "label") -> list[Label]
                            f"'row_key' column, not {'both' if by_request else 'neither'}")
     if "row" in columns and not by_request:
         raise InvalidInput(f"{name}: column 'row' only applies with 'request_id'")
-    labels, problems = [], []
+    labels, lines, problems = [], [], []
     for index, record in enumerate(frame.to_dict("records")):
         line = first_line + index
         try:
             labels.append(_label(record, label_column, by_request))
+            lines.append(line)
         except ValueError as exc:
             problems.append(f"line {line}: {exc}")
     if problems:
@@ -47,7 +64,7 @@ def read_labels(path: str | Path, *, label_column: str = "label") -> list[Label]
         raise InvalidInput(f"{name}: {len(problems)} bad row(s), nothing written: {shown}{more}")
     if not labels:
         raise InvalidInput(f"{name}: no labels in the file; nothing written")
-    return labels
+    return LabelFile(name, tuple(labels), tuple(lines))
 
 
 def _read(path: Path) -> tuple[Any, int]:

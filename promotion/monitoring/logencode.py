@@ -67,8 +67,10 @@ def input_lines(inputs: Any) -> list[str]:
     columns = frame.columns
     if not (columns.is_unique and columns.inferred_type in ("string", "empty")):
         frame = frame.set_axis(_unique([str(c) for c in columns]), axis=1)
-    text = frame.to_json(orient="records", lines=True, date_format="iso", default_handler=str)
-    return [line for line in text.split("\n") if line]
+    # Not DataFrame.to_json: it keeps 10 significant digits (15 at most), and a value that comes
+    # back changed can fall on the other side of a reference bin's edge (a 0/1 column's edges
+    # are its values). json.dumps writes the shortest text that reads back as the same float.
+    return [json.dumps(native(row), allow_nan=False) for row in frame.to_dict("records")]
 
 
 def _unique(names: list[str]) -> list[str]:
@@ -102,13 +104,12 @@ def _plain(raw: Any) -> list[Any]:
     import numpy as np
     import pandas as pd
 
-    options: dict[str, Any] = {"date_format": "iso", "default_handler": str}
     if isinstance(raw, dict):  # {output name: values}: row i is {name: values[i]}
         raw = pd.DataFrame({k: list(np.asarray(v)) if np.ndim(v) > 1 else v
                             for k, v in raw.items()})
     if isinstance(raw, pd.DataFrame):
         if raw.shape[1] != 1:
-            return list(json.loads(raw.to_json(orient="records", **options)))
+            return [native(row) for row in raw.to_dict("records")]
         raw = raw.iloc[:, 0]
     if isinstance(raw, np.ndarray) and raw.ndim == 2 and raw.shape[1] == 1:
         raw = raw[:, 0]
@@ -119,7 +120,7 @@ def _plain(raw: Any) -> list[Any]:
     if isinstance(raw, np.ndarray) and raw.ndim == 1 and raw.dtype != object:
         raw = pd.Series(raw)
     if isinstance(raw, pd.Series):
-        return list(json.loads(raw.to_json(orient="values", **options)))
+        return [native(v) for v in raw.tolist()]
     if isinstance(raw, np.ndarray):
         return [native(v) for v in raw.tolist()] if raw.ndim else [native(raw.item())]
     if isinstance(raw, str | bytes) or not isinstance(raw, Iterable):

@@ -43,34 +43,31 @@ def _needs(*keys: str) -> dict[str, Any]:
     return {"anyOf": [{"required": [k]} for k in keys]}
 
 
-class ErrorRateRule(Section):
+class _CeilingRule(Section):
+    """A signal with a ceiling and/or a growth limit against the displaced version."""
+
+    model_config = ConfigDict(json_schema_extra=lambda s: tidy(s, _needs("max", "max_increase")))
+
+    max_increase: MarginField = Field(
+        None, description="Versus the displaced version's recent traffic: a number or 'N%' of "
+                          "its value.")
+
+    @classmethod
+    def relations(cls, data: dict[str, Any]) -> Problems:
+        return [] if {"max", "max_increase"} & set(data) else [((), "needs max and/or "
+                                                                    "max_increase")]
+
+
+class ErrorRateRule(_CeilingRule):
     """The share of requests the model failed (HTTP 5xx) in the window."""
 
-    model_config = ConfigDict(json_schema_extra=lambda s: tidy(s, _needs("max", "max_increase")))
-
     max: Rate = Field(None, description="Ceiling: a share (0.01) or a percentage ('1%').")
-    max_increase: MarginField = Field(
-        None, description="Versus the displaced version's recent traffic: a share or 'N%' of it.")
-
-    @classmethod
-    def relations(cls, data: dict[str, Any]) -> Problems:
-        return [] if {"max", "max_increase"} & set(data) else [((), "needs max and/or "
-                                                                    "max_increase")]
 
 
-class LatencyRule(Section):
+class LatencyRule(_CeilingRule):
     """The 95th percentile latency of the version's successful requests, in ms."""
 
-    model_config = ConfigDict(json_schema_extra=lambda s: tidy(s, _needs("max", "max_increase")))
-
     max: Ceiling = Field(None, description="Ceiling in milliseconds.")
-    max_increase: MarginField = Field(
-        None, description="Versus the displaced version's recent traffic: ms or 'N%' of it.")
-
-    @classmethod
-    def relations(cls, data: dict[str, Any]) -> Problems:
-        return [] if {"max", "max_increase"} & set(data) else [((), "needs max and/or "
-                                                                    "max_increase")]
 
 
 class DriftRule(Section):

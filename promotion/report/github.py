@@ -22,17 +22,21 @@ def github_outputs(result: GateResult) -> dict[str, str]:
 
 def write_github(result: GateResult, env: Mapping[str, str] | None = None) -> None:
     """Inside GitHub Actions: append the Markdown report to the step summary, write outputs."""
+    _write(env, markdown(result), github_outputs(result))
+
+
+def _write(env: Mapping[str, str] | None, summary_text: str, values: Mapping[str, str]) -> None:
     env = os.environ if env is None else env
     if env.get("GITHUB_ACTIONS") != "true":
         return
     summary = env.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as f:
-            f.write(markdown(result) + "\n")
+            f.write(summary_text + "\n")
     outputs = env.get("GITHUB_OUTPUT")
     if outputs:
         with open(outputs, "a", encoding="utf-8") as f:
-            f.write(output_lines(github_outputs(result)))
+            f.write(output_lines(values))
 
 
 def output_lines(values: Mapping[str, str]) -> str:
@@ -46,17 +50,7 @@ def output_lines(values: Mapping[str, str]) -> str:
 
 def write_github_watch(result: WatchResult, env: Mapping[str, str] | None = None) -> None:
     """Inside GitHub Actions: the watch table in the job summary; outcome/action as outputs."""
-    env = os.environ if env is None else env
-    if env.get("GITHUB_ACTIONS") != "true":
-        return
-    summary = env.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as f:
-            f.write(watch_markdown(result) + "\n")
-    outputs = env.get("GITHUB_OUTPUT")
-    if outputs:
-        with open(outputs, "a", encoding="utf-8") as f:
-            f.write(output_lines({
-                "outcome": result.outcome, "action": result.action,
-                "version": result.decision.version if result.decision else "",
-                "dry_run": "true" if result.dry_run else "false"}))
+    _write(env, watch_markdown(result), {
+        "outcome": result.outcome, "action": result.action,
+        "version": result.decision.version if result.decision else "",
+        "dry_run": "true" if result.dry_run else "false"})

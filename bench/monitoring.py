@@ -73,6 +73,7 @@ def main() -> int:
 
 def serving_overhead(tmp: Path, args: argparse.Namespace) -> None:
     """Part 1: `promote serve` with the log off vs logging every request and row to SQLite."""
+    tmp.mkdir(parents=True)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONWARNINGS": "ignore"}

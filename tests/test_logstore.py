@@ -276,7 +276,7 @@ def test_rows_encode_nan_inf_numpy_scalars_timestamps_and_non_numeric_prediction
     assert frame["f"].tolist()[0] == 1.5 and math.isnan(frame["f"][1]) and math.isnan(frame["f"][2])
     assert frame["i"].tolist() == [1, 2, 3] and frame["s"].tolist()[0] == "a"
     assert frame["t"][0].startswith("2024-01-02T03:04:05")
-    assert np.isnan(predictions).all()  # class names are not numbers
+    assert predictions.tolist() == ["setosa", "virginica", "setosa"]  # class names, as logged
     json_of = sql(store, "SELECT prediction_json FROM inference_rows WHERE request_id = :r "
                   "ORDER BY row", r=rid)
     decode = json.loads if store.uri.startswith("sqlite") else (lambda v: v)  # psycopg decodes
@@ -536,3 +536,26 @@ def test_logged_values_read_back_exactly(store, model):
     (inputs, read), = store.iter_rows(model, "1", T0, T0 + timedelta(seconds=1))
     assert inputs["x"].tolist() == values
     assert read.tolist() == predictions.tolist()
+
+
+def test_a_record_the_database_refuses_costs_only_itself(store, model):
+    """A value the database refuses (here a CHECK constraint; in the field a character
+    PostgreSQL cannot store) drops that record, not the 199 others of its batch."""
+    sql_write(store, "ALTER TABLE inference_requests ADD CONSTRAINT refuse_bad "
+                     "CHECK (request_id <> 'bad')" if store.uri.startswith("postgres") else
+              "CREATE TRIGGER refuse_bad BEFORE INSERT ON inference_requests "
+              "WHEN NEW.request_id = 'bad' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    writer = LogWriter(store, batch_size=200, flush_interval=5.0, min_backoff=0.05)
+    for i in range(200):
+        assert writer.submit(scored(model, request_id="bad" if i == 117 else f"ok-{i}"))
+    writer.start()
+    try:
+        writer.close(timeout=60)
+    finally:
+        sql_write(store, "ALTER TABLE inference_requests DROP CONSTRAINT refuse_bad"
+                  if store.uri.startswith("postgres") else "DROP TRIGGER refuse_bad")
+    stats = writer.stats()
+    assert (stats.written, stats.dropped_database) == (199, 1)
+    ids = {r[0] for r in sql(store, "SELECT request_id FROM inference_requests WHERE "
+                                    "model = :model", model=model)}
+    assert "bad" not in ids and len(ids) == 199

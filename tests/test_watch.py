@@ -347,3 +347,29 @@ def test_a_version_without_a_profile_gets_one_from_the_evaluation_set(client, mo
     second = run_watch(client, policy, store)
     assert second.facts.live.profile == f"monitoring run {first.monitoring_run_id}"
     assert second.facts.live.feature_psi == first.facts.live.feature_psi
+
+
+def test_class_labels_and_odd_column_names_are_judged_not_breached(client, model_name, store):
+    """A classifier's string predictions are compared as labels (not as missing numbers), and
+    a column named like a path is still a metric MLflow takes."""
+    frame = pd.DataFrame({"speed km/h/": RNG.normal(50, 10, 3000)})
+    labels = np.where(frame["speed km/h/"] > 50, "fast", "slow")
+    version = add_version(client, model_name, {"rmse": 0.5})
+    run_id = client.get_model_version(model_name, version).run_id
+    profiles.save_profile(client, run_id, build_profile(
+        frame.iloc[:2000], labels[:2000], source="test reference").to_json())
+    run_gate(client, rmse_policy(model_name), candidate=None)
+    now = datetime.now(UTC).timestamp()
+    store.write([RequestRecord(
+        request_id=uuid.uuid4().hex, at=datetime.fromtimestamp(now - 60 - i * 0.1, UTC),
+        model=model_name, alias="Production", version=version, rows=1, latency_ms=2.0,
+        outcome="ok", status=200, inputs=frame.iloc[[2000 + i]],
+        predictions=np.array([labels[2000 + i]], dtype=object)) for i in range(600)])
+    policy = watched(model_name, rules=(WatchRule("prediction_psi", max=0.25),
+                                        WatchRule("feature_psi", max=0.25),
+                                        WatchRule("prediction_ks", max=0.3)))
+    result = run_watch(client, policy, store)
+    assert [c.status for c in result.decision.checks] == ["pass", "pass", "insufficient"], \
+        result.decision.summary
+    logged = client.get_run(result.monitoring_run_id).data.metrics
+    assert "feature_psi/speed km_h_" in logged

@@ -158,7 +158,45 @@ def test_a_breach_inside_the_bake_period_rolls_back():
     assert d.action == "rollback" and d.in_bake and d.why_not_rollback is None
 
 
-def test_a_missing_measurement_fails_closed():
+def test_no_successful_request_to_time_is_insufficient_not_a_breach():
+    """A broken client's 4xx leave nothing to time: the model is not to blame."""
     live = replace(HEALTHY, latency_p95_ms=None)
     (check,) = judge(watch(WatchRule("latency_p95_ms", max=100)), facts(live)).checks
-    assert check.status == "breach" and "no value" in check.reason
+    assert check.status == "insufficient" and "no successful request" in check.reason
+
+
+def test_a_measured_value_that_is_not_finite_fails_closed():
+    live = replace(HEALTHY, prediction_psi=float("nan"))
+    (check,) = judge(watch(WatchRule("prediction_psi", max=0.2)), facts(live)).checks
+    assert check.status == "breach" and "not a finite number" in check.reason
+
+
+def test_ks_of_class_labels_is_insufficient():
+    live = replace(HEALTHY, prediction_ks=None)
+    (check,) = judge(watch(WatchRule("prediction_ks", max=0.2)), facts(live)).checks
+    assert check.status == "insufficient" and "no KS statistic" in check.reason
+
+
+def test_an_unreadable_profile_is_said_and_only_drift_is_insufficient():
+    live = replace(HEALTHY, profile=None, profile_problem="its reference profile cannot be read")
+    d = judge(watch(WatchRule("error_rate", max=0.01), WatchRule("feature_psi", max=0.2)),
+              facts(live))
+    assert [c.status for c in d.checks] == ["pass", "insufficient"]
+    assert "cannot be read" in d.checks[1].reason
+
+
+def test_an_error_rate_increase_over_a_zero_baseline_allows_one_failed_request():
+    rule = WatchRule("error_rate", max_increase=Margin(0.25, relative=True))
+    zero = replace(BASELINE, error_rate=0.0)
+    one_in_500 = replace(HEALTHY, error_rate=1 / 500)
+    (check,) = judge(watch(rule), facts(one_in_500, baseline=zero)).checks
+    assert check.status == "pass" and check.bound == pytest.approx(1 / 500)
+    (check,) = judge(watch(rule), facts(replace(HEALTHY, error_rate=2 / 500),
+                                        baseline=zero)).checks
+    assert check.status == "breach"
+
+
+def test_a_floor_is_marked_as_one():
+    (check,) = judge(watch(WatchRule("accuracy", min=0.9)),
+                     facts(replace(HEALTHY, quality=(("accuracy", 0.95),)))).checks
+    assert check.upper is False and check.status == "pass"

@@ -18,7 +18,7 @@ Conventions:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from promotion.engine.decision import ABS_TOL, REL_TOL
@@ -46,6 +46,7 @@ class LiveFacts:
     feature_ks: tuple[tuple[str, float], ...] = ()
     missing_features: tuple[str, ...] = ()  # in the reference profile, absent live
     profile: str | None = None  # where the reference profile came from; None: no profile
+    profile_problem: str | None = None  # why there is none (unreadable), when there is a why
     labels: int = 0  # labelled rows
     quality: tuple[tuple[str, float], ...] = ()  # live metric -> value, over the labelled rows
 
@@ -74,6 +75,7 @@ class WatchCheck:
     reference: float | None = None
     bound: float | None = None
     subject: str | None = None  # the feature a feature_* rule is about
+    upper: bool = True  # the bound is a ceiling (False: a floor)
 
     @property
     def label(self) -> str:
@@ -165,6 +167,9 @@ def _checks(watch: Watch, rule: WatchRule, facts: WatchFacts) -> list[WatchCheck
 def _signal_checks(watch: Watch, rule: WatchRule, facts: WatchFacts) -> list[WatchCheck]:
     value: float | None = getattr(facts.live, rule.name)
     unit = "" if rule.name == "error_rate" else " ms"
+    if value is None:  # no successful request to time: nothing to judge, not a breach
+        return [WatchCheck(rule.name, _kind(rule), "insufficient",
+                           f"{rule.name}: no successful request in the window to measure")]
     checks = []
     if rule.max is not None:
         checks.append(_bound(rule.name, "max", value, rule.max, None, unit))
@@ -177,17 +182,21 @@ def _signal_checks(watch: Watch, rule: WatchRule, facts: WatchFacts) -> list[Wat
                                      f"{rule.name}: the displaced version has {seen} requests to "
                                      f"compare with (needs {watch.min_requests})", value))
         else:
-            bound = reference + rule.max_increase.amount(reference)
-            checks.append(_bound(rule.name, "max_increase", value, bound, reference, unit,
-                                 margin=f"+{rule.max_increase}"))
+            allowed = rule.max_increase.amount(reference)
+            if rule.name == "error_rate":
+                # A rate over a zero baseline would allow nothing: one failed request is the
+                # least increase a window can show.
+                allowed = max(allowed, 1.0 / facts.live.requests)
+            checks.append(_bound(rule.name, "max_increase", value, reference + allowed,
+                                 reference, unit, margin=f"+{rule.max_increase}"))
     return checks
 
 
 def _drift_check(watch: Watch, rule: WatchRule, live: LiveFacts) -> WatchCheck:
     assert rule.max is not None
     if live.profile is None:
-        return WatchCheck(rule.name, "max", "insufficient",
-                          f"{rule.name}: version {live.version} has no reference profile")
+        why = live.profile_problem or f"version {live.version} has no reference profile"
+        return WatchCheck(rule.name, "max", "insufficient", f"{rule.name}: {why}")
     if live.drift_rows < watch.min_requests:
         return WatchCheck(rule.name, "max", "insufficient",
                           f"{rule.name}: {live.drift_rows} logged rows, fewer than "
@@ -207,12 +216,16 @@ def _drift_check(watch: Watch, rule: WatchRule, live: LiveFacts) -> WatchCheck:
         subject, value = max(values, key=lambda item: item[1])
     else:
         value = live.prediction_psi if rule.name == "prediction_psi" else live.prediction_ks
+        if value is None:  # KS of class labels, or no prediction could be compared
+            return WatchCheck(rule.name, "max", "insufficient",
+                              f"{rule.name}: not computed for the predictions of version "
+                              f"{live.version} (class labels have no KS statistic)")
     check = _bound(rule.name, "max", value, rule.max, None, "")
     if subject is None:
         return check
-    return WatchCheck(check.rule, check.kind, check.status,
-                      check.reason.replace(rule.name, f"{rule.name} (worst: {subject})", 1),
-                      check.live, check.reference, check.bound, subject)
+    return replace(check, reason=check.reason.replace(rule.name, f"{rule.name} (worst: "
+                                                                 f"{subject})", 1),
+                   subject=subject)
 
 
 def _quality_checks(watch: Watch, rule: WatchRule, facts: WatchFacts) -> list[WatchCheck]:
@@ -265,17 +278,19 @@ def _quality_reference(watch: Watch, rule: WatchRule,
 
 def _bound(rule: str, kind: str, value: float | None, bound: float, reference: float | None,
            unit: str, *, lower: bool = False, margin: str = "") -> WatchCheck:
-    """`value` must be <= bound (>= bound with `lower`); a missing value fails closed."""
+    """`value` must be <= bound (>= bound with `lower`); a value that was computed and is not
+    a finite number fails closed (a missing one is the callers' insufficient data)."""
     if value is None or not math.isfinite(value):
-        return WatchCheck(rule, kind, "breach", f"{rule}: no value was measured", value,
-                          reference, bound)
+        return WatchCheck(rule, kind, "breach", f"{rule}: the measured value is not a finite "
+                          f"number ({value})", value, reference, bound, upper=not lower)
     tolerance = max(REL_TOL * abs(bound), ABS_TOL)
     ok = value >= bound - tolerance if lower else value <= bound + tolerance
     sign = ">=" if lower else "<="
     against = f" ({margin} of {_num(reference)}{unit})" if reference is not None else ""
     verdict = "within" if ok else "breaches"
     reason = (f"{rule} {_num(value)}{unit} {verdict} {kind} {sign} {_num(bound)}{unit}{against}")
-    return WatchCheck(rule, kind, "pass" if ok else "breach", reason, value, reference, bound)
+    return WatchCheck(rule, kind, "pass" if ok else "breach", reason, value, reference, bound,
+                      upper=not lower)
 
 
 def _num(value: float | None) -> str:

@@ -52,12 +52,14 @@ class ReferenceProfile:
     profile: Profile | None
     where: str | None  # "run <id>", "monitoring run <id>", or "computed now on <data>"
     computed: bool = False  # made by this watch (to be stored unless it is a dry run)
+    problem: str | None = None  # why a stored profile could not be used
 
 
 def measure(store: LogStore, model: str, version: str, window: Window, *,
             profile: Profile | None = None, profile_where: str | None = None,
             quality: tuple[str, ...] = (), drift: bool = True,
-            labelled_since: float | None = None) -> LiveFacts:
+            labelled_since: float | None = None, profile_problem: str | None = None
+            ) -> LiveFacts:
     """The facts of one version over one window.
 
     Quality reads the labelled rows of requests since `labelled_since` (default: the window's
@@ -68,7 +70,8 @@ def measure(store: LogStore, model: str, version: str, window: Window, *,
     facts: dict[str, Any] = {
         "version": version, "requests": summary.requests, "rows": summary.rows,
         "error_rate": summary.error_rate, "latency_p50_ms": summary.latency_p50_ms,
-        "latency_p95_ms": summary.latency_p95_ms, "profile": profile_where}
+        "latency_p95_ms": summary.latency_p95_ms, "profile": profile_where,
+        "profile_problem": profile_problem}
     if drift and profile is not None and summary.requests:
         facts.update(_drift(store, model, version, window, profile))
     if quality:
@@ -119,17 +122,20 @@ def reference_profile(client: MlflowClient, policy: Policy, version: VersionFact
                       run_id: str | None) -> ReferenceProfile:
     """The version's reference profile: stored at training, by an earlier watch, or made now."""
     where = f"version {version.version}"
-    if run_id:
-        data = profiles.load_profile(client, run_id)
-        if data is not None:
-            return ReferenceProfile(Profile.from_json(data, where=f"{where}'s run profile"),
-                                    f"run {run_id}")
+    stored = [(run_id, f"run {run_id}", f"{where}'s run profile")] if run_id else []
     monitoring_run = monitoring.find_run(client, policy.model, version.version)
     if monitoring_run:
-        data = profiles.load_profile(client, monitoring_run)
-        if data is not None:
-            return ReferenceProfile(Profile.from_json(data, where=f"{where}'s watch profile"),
-                                    f"monitoring run {monitoring_run}")
+        stored.append((monitoring_run, f"monitoring run {monitoring_run}",
+                       f"{where}'s watch profile"))
+    for run, found_at, name in stored:
+        data = profiles.load_profile(client, run)
+        if data is None:
+            continue
+        try:
+            return ReferenceProfile(Profile.from_json(data, where=name), found_at)
+        except InvalidInput as exc:  # the drift rules cannot judge; the others still do
+            return ReferenceProfile(None, None, problem=f"its reference profile cannot be "
+                                                        f"read ({exc})")
     if policy.evaluation is None:
         return ReferenceProfile(None, None)
     return ReferenceProfile(_profile_from_evaluation(client, policy, version),

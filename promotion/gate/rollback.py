@@ -60,7 +60,14 @@ def run_rollback(client: MlflowClient, model: str, alias: str = DEFAULT_ALIAS, *
         done = session.recovered
         if done is not None and done.intent.kind == "rollback" and done.intent.alias == alias \
                 and done.state == "applied":
-            return _completed(client, done.intent, done.note)
+            completed = _completed(client, done.intent, done.note)
+            if why is not None and why.expected is not None and \
+                    why.expected != (done.intent.source, done.intent.target):
+                # Another rollback finished under the caller's read: what it read is gone.
+                raise RollbackConflict(replace(completed, displaced_version=why.expected[0],
+                                               restored_version=why.expected[1] or "?"),
+                                       _aliases_now(session.aliases, alias))
+            return completed
         planned = _plan(client, model, alias, session.aliases, dry_run=False)
         return _apply(client, planned, session, why or Why())
 
@@ -78,6 +85,10 @@ class Why:
     reason: str | None = None
     files: Mapping[str, bytes] = field(default_factory=dict)
     expected: tuple[str | None, str | None] | None = None
+
+
+def _aliases_now(aliases: dict[str, str], alias: str) -> tuple[str | None, str | None]:
+    return aliases.get(alias), aliases.get(previous_alias(alias))
 
 
 def _rollback_aliases(client: MlflowClient, model: str,

@@ -102,7 +102,8 @@ def _facts(client: MlflowClient, policy: Policy, watch: Watch, log: LogStore,
         since = max(promoted_at or window.start, window.end - live.MAX_LABEL_AGE)
         measured = live.measure(log, policy.model, version.version, window,
                                 profile=reference.profile, profile_where=reference.where,
-                                quality=quality, drift=needs_profile, labelled_since=since)
+                                quality=quality, drift=needs_profile, labelled_since=since,
+                                profile_problem=reference.problem)
         baseline = _baseline(log, policy, watch, previous, promoted_at, window, quality)
     except LogUnavailable as exc:
         raise LogUnavailable(f"@{policy.alias} still on version {version.version}; nothing "

@@ -53,8 +53,20 @@ def _rows_of(record: RequestRecord) -> list[dict[str, Any]]:
         out.append({"request_id": record.request_id, "row": i, "model": record.model,
                     "version": record.version, "at": record.at, "inputs": line,
                     "prediction": number, "prediction_json": other,
-                    "row_key": str(keys[i]) if i < len(keys) and keys[i] is not None else None})
+                    "row_key": _text_column(keys[i]) if i < len(keys) and keys[i] is not None
+                    else None})
     return out
+
+
+def _is_missing(value: Any) -> bool:
+    import pandas as pd
+
+    return value is pd.NA or value is pd.NaT
+
+
+def _text_column(value: Any) -> str:
+    """Text for a TEXT column: PostgreSQL refuses the NUL character, which a client can send."""
+    return str(value).replace("\x00", "")
 
 
 def input_lines(inputs: Any) -> list[str]:
@@ -138,6 +150,8 @@ def native(value: Any) -> Any:
     ISO text, containers recursively, anything else its str."""
     if value is None or isinstance(value, bool | int | str):
         return value
+    if _is_missing(value):  # pandas' NA and NaT: missing, not the text "<NA>"
+        return None
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, datetime | date):
@@ -188,11 +202,15 @@ def numeric_or_text(values: Sequence[Any]) -> Any:
     try:
         return np.array([_as_float(v) for v in values], dtype=np.float64)
     except (TypeError, ValueError):
-        return np.array([text(v) for v in values], dtype=object)
+        return np.array([None if v is None else text(v) for v in values], dtype=object)
 
 
 def _as_float(value: Any) -> float:
-    if isinstance(value, bool) or value is None:
+    """A number, NaN for a missing one (a NaN prediction is stored as NULL); a boolean or a
+    string that is not a number raises (the values are labels then)."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, bool):
         raise TypeError(value)
     return float(value)
 

@@ -130,10 +130,12 @@ def _shape_problem(index: int, label: Label) -> str | None:
     if isinstance(value, str):
         if not value.strip() or len(value) > MAX_TEXT:
             return f"{where}: a text label must have 1 to {MAX_TEXT} characters"
+        if not _finite_or_text(value):  # "NaN" would be read back as a number, and spoil it
+            return f"{where}: the label must be a finite number (got {value!r})"
     elif not isinstance(value, int | float) or isinstance(value, bool):
         return f"{where}: the label must be a number or a string (got {_kind(value)})"
-    elif not math.isfinite(value):
-        return f"{where}: the label must be a finite number (got {value})"
+    elif not _finite_or_text(value):
+        return f"{where}: the label must be a finite number (got {str(value)[:40]})"
     for name, given in (("request_id", label.request_id), ("row_key", label.row_key)):
         if given is not None and (not isinstance(given, str) or not given
                                   or len(given) > MAX_TEXT):
@@ -231,3 +233,13 @@ def _already_labelled(conn: Connection, request_ids: set[str]) -> set[tuple[str,
             feedback.c.request_id.in_(chunk))
         found.update((request_id, int(row)) for request_id, row in conn.execute(query))
     return found
+
+
+def _finite_or_text(value: float | str) -> bool:
+    """A finite number, or a text that does not read as a number: not NaN, inf or 10**400."""
+    try:
+        return math.isfinite(float(value))
+    except ValueError:  # a class name
+        return isinstance(value, str)
+    except OverflowError:  # an integer beyond float range
+        return False

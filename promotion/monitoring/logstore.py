@@ -159,7 +159,7 @@ class LogStore:
         rows = tables().rows
         window = _window(rows, model, version, start, end)
         # The JSON as text, decoded a chunk at a time in one call (not a call per row).
-        columns = (sa.cast(rows.c.inputs, sa.Text), rows.c.prediction)
+        columns = (sa.cast(rows.c.inputs, sa.Text), rows.c.prediction, rows.c.prediction_json)
         with self._database("read") as engine, engine.connect() as conn:
             step = 1
             if max_rows is not None:
@@ -177,8 +177,7 @@ class LogStore:
             result = conn.execution_options(stream_results=True, yield_per=chunk_rows
                                             ).execute(query)
             for part in result.partitions(chunk_rows):
-                yield frame_of(decode_objects([p[0] for p in part])), numbers(
-                    [p[1] for p in part])
+                yield frame_of(decode_objects([p[0] for p in part])), _predictions(part)
 
     def labelled(self, model: str, version: str, start: datetime, end: datetime,
                  ) -> tuple[numpy.ndarray, numpy.ndarray]:
@@ -231,3 +230,12 @@ def _window(table: Table, model: str, version: str, start: datetime,
             end: datetime) -> list[ColumnElement[bool]]:
     return [table.c.model == model, table.c.version == version, table.c.at >= start,
             table.c.at < end]
+
+
+def _predictions(part: Sequence[Any]) -> numpy.ndarray:
+    """float64 (NaN where missing) when every prediction is a number, which is the common
+    case; else class labels (strings, booleans) as an object array, as a profile of them
+    counts them."""
+    if all(p[2] is None for p in part):
+        return numbers([p[1] for p in part])
+    return numeric_or_text([p[1] if p[1] is not None else p[2] for p in part])

@@ -165,16 +165,27 @@ class LogWriter:
     def _write(self, batch: list[RequestRecord]) -> None:
         if self._attempt(batch):
             return
-        if not self._stop.wait(RETRY_PAUSE) and self._attempt(batch):
+        if not self._refused and not self._stop.wait(RETRY_PAUSE) and self._attempt(batch):
+            return
+        if self._refused and len(batch) > 1:
+            # The database answered and refused a value: one record must not cost its batch.
+            # Halves are written on their own, down to the record(s) it refuses.
+            middle = len(batch) // 2
+            self._write(batch[:middle])
+            self._write(batch[middle:])
             return
         with self._lock:
             self._failed += len(batch)
-        self._backoff = min(self.max_backoff, max(self.min_backoff, 2 * self._backoff))
+        if not self._refused:  # unreachable: wait longer before the next try
+            self._backoff = min(self.max_backoff, max(self.min_backoff, 2 * self._backoff))
 
     def _drain(self) -> None:
         """At close: write what is left, each batch once; what fails is counted as dropped."""
         while batch := self._take(0):
             if not self._attempt(batch):
+                if self._refused:  # the database answers: keep what it takes
+                    self._write(batch)
+                    continue
                 lost = len(batch)
                 while rest := self._take(0):
                     lost += len(rest)
@@ -186,6 +197,7 @@ class LogWriter:
         """Migrate if needed, write the batch; True when it was written."""
         with self._lock:
             self._busy_since = time.monotonic()
+        self._refused = False
         try:
             if not self._migrated:
                 self.store.migrate()
@@ -193,10 +205,13 @@ class LogWriter:
             if batch:
                 self.store.write(batch)
         except Exception as exc:
+            self._refused = _refused_a_value(exc)
             self._failed_once(exc)
             return False
         self._succeeded(batch)
         return True
+
+    _refused = False  # the last attempt reached the database, which refused a value
 
     def _failed_once(self, exc: Exception) -> None:
         message = redact(" ".join(str(exc).split()))[:500] or type(exc).__name__
@@ -222,3 +237,12 @@ class LogWriter:
         self._backoff = 0.0
         if recovered:
             log.info("the inference log at %s is written again", self.store.where)
+
+
+def _refused_a_value(exc: BaseException) -> bool:
+    """The database answered and refused what was sent (a value it cannot store, a constraint),
+    as opposed to not answering: then the records, not the connection, are the problem."""
+    from sqlalchemy.exc import DataError, IntegrityError
+
+    cause = exc.__cause__ if exc.__cause__ is not None else exc
+    return isinstance(cause, DataError | IntegrityError)

@@ -151,9 +151,13 @@ class _Reader:
         return value
 
     def number(self, value: Any, path: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or \
-                not math.isfinite(value):
-            raise self.fail(path, f"expected a finite number, got {value!r}")
+        try:
+            finite = not isinstance(value, bool) and isinstance(value, int | float) and \
+                math.isfinite(value)
+        except OverflowError:  # an integer beyond float range
+            finite = False
+        if not finite:
+            raise self.fail(path, f"expected a finite number, got {str(value)[:40]}")
         return float(value)
 
     def optional_number(self, obj: Mapping[str, Any], key: str, path: str) -> float | None:

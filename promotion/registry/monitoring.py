@@ -25,8 +25,10 @@ _KEY_CHARS = re.compile(r"[^\w\-. /]")  # what MLflow accepts in a metric name
 
 
 def metric_key(name: str) -> str:
-    """A metric name MLflow accepts (a feature may be called anything)."""
-    return _KEY_CHARS.sub("_", name)[:250] or "_"
+    """A metric name MLflow accepts (a feature may be called anything): its characters only,
+    and no part that a path would normalise away (MLflow refuses `a//b`, `a/`, `./a`)."""
+    parts = [part.strip(" .") or "_" for part in _KEY_CHARS.sub("_", name).split("/")]
+    return "/".join(parts)[:250]
 
 
 def _experiment(client: MlflowClient) -> str:

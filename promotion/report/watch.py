@@ -16,6 +16,7 @@ from promotion.report.text import code, document, dumps, grid, md, number, shown
 
 _HEADLINE = {"healthy": "HEALTHY", "insufficient_data": "INSUFFICIENT DATA", "breach": "BREACH"}
 _STATUS = {"pass": "pass", "breach": "BREACH", "insufficient": "insufficient"}
+Bound = tuple[float | None, bool]
 _SIGNALS = ("error_rate", "latency_p95_ms", "prediction_psi", "feature_psi", "prediction_ks",
             "feature_ks")
 
@@ -151,19 +152,20 @@ def metrics_of(result: WatchResult) -> dict[str, float]:
         "feature_ks": max((v for _, v in live.feature_ks), default=None),
         "breaches": len(result.decision.breached) if result.decision else 0,
     }
-    figures.update({f"feature_psi/{k}": v for k, v in live.feature_psi})
+    figures.update({f"feature_psi/{k.replace('/', '_')}": v for k, v in live.feature_psi})
     figures.update({f"live_{k}": v for k, v in live.quality})
     return {k: float(v) for k, v in figures.items()
             if v is not None and v == v and abs(float(v)) != float("inf")}
 
 
-def chart_bounds(result: WatchResult) -> dict[str, float | None]:
-    """The figures the chart draws (those a rule judges, and the traffic), with their bounds."""
-    bounds: dict[str, float | None] = {"requests": None}
+def chart_bounds(result: WatchResult) -> dict[str, Bound]:
+    """The figures the chart draws (those a rule judges, and the traffic), with their bounds:
+    (the bound, whether it is a ceiling); (None, True) for a figure without one."""
+    bounds: dict[str, Bound] = {"requests": (None, True)}
     for check in result.decision.checks if result.decision else ():
         key = f"live_{check.rule}" if check.rule not in _SIGNALS else check.rule
-        if bounds.get(key) is None:  # the first bound a rule of it sets is drawn
-            bounds[key] = check.bound
+        if bounds.get(key, (None, True))[0] is None:  # the first bound a rule sets is drawn
+            bounds[key] = (check.bound, check.upper)
     return bounds
 
 

@@ -22,9 +22,10 @@ BREACH = "#c62828"
 Series = Sequence[tuple[float, float]]  # (Unix seconds, value), oldest first
 
 
-def watch_chart_png(series: Mapping[str, Series], bounds: Mapping[str, float | None],
-                    title: str) -> bytes:
-    """Draw each signal of `series` over time, its bound (if any) as a dashed line."""
+def watch_chart_png(series: Mapping[str, Series],
+                    bounds: Mapping[str, tuple[float | None, bool]], title: str) -> bytes:
+    """Draw each signal of `series` over time, its bound (if any) as a dashed line; `bounds`
+    holds (bound, whether it is a ceiling) by signal."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -35,7 +36,8 @@ def watch_chart_png(series: Mapping[str, Series], bounds: Mapping[str, float | N
     figure.suptitle(title, fontsize=10, x=0.02, y=1 - 0.1 / height, ha="left", va="top")
     axes = figure.subplots(len(names), 1, squeeze=False)[:, 0]
     for ax, name in zip(axes, names, strict=True):
-        _panel(ax, name, series.get(name, ()), bounds.get(name))
+        bound, upper = bounds.get(name, (None, True))
+        _panel(ax, name, series.get(name, ()), bound, upper)
     figure.subplots_adjust(left=0.1, right=0.97, bottom=0.35 / height, top=1 - 0.5 / height,
                            hspace=0.9)
     out = io.BytesIO()
@@ -43,7 +45,7 @@ def watch_chart_png(series: Mapping[str, Series], bounds: Mapping[str, float | N
     return out.getvalue()
 
 
-def _panel(ax: Any, name: str, points: Series, bound: float | None) -> None:
+def _panel(ax: Any, name: str, points: Series, bound: float | None, upper: bool) -> None:
     for side in ("right", "top"):
         ax.spines[side].set_visible(False)
     ax.tick_params(labelsize=7, length=2, pad=1)
@@ -54,7 +56,8 @@ def _panel(ax: Any, name: str, points: Series, bound: float | None) -> None:
     times = [datetime.fromtimestamp(t, UTC) for t, _ in points]
     values = [v for _, v in points]
     ax.plot(times, values, color=INSIDE, linewidth=1.0, zorder=2)
-    colours = [BREACH if bound is not None and v > bound else INSIDE for v in values]
+    colours = [BREACH if bound is not None and (v > bound if upper else v < bound) else INSIDE
+               for v in values]
     ax.scatter(times, values, c=colours, s=12, zorder=3)
     if bound is not None:
         ax.axhline(bound, color="#212121", linestyle="--", linewidth=1.0, zorder=1)

@@ -204,12 +204,15 @@ class RequestLog:
         """Hand one request to the writer; never raises, never blocks."""
         if self.writer is None:
             return
-        try:
-            inputs = predictions = keys = None
-            if (status == 200 and seen.raw is not None and self.max_rows > 0
-                    and self.rng.random() < self.sample_rate):
+        inputs = predictions = keys = None
+        if (status == 200 and seen.raw is not None and self.max_rows > 0
+                and self.rng.random() < self.sample_rate):
+            try:
                 inputs, predictions, keys = sample_rows(seen.data, seen.raw, self.max_rows,
                                                         self.row_key)
+            except Exception:  # inputs no table holds (tensors): the request is still logged
+                inputs = predictions = keys = None
+        try:
             self.writer.submit(RequestRecord(
                 request_id=rid, at=arrived, model=model, alias=alias,
                 version=served.version if served is not None else None, rows=seen.rows,

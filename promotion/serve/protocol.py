@@ -179,19 +179,23 @@ def sample_rows(data: Any, raw: Any, max_rows: int,
                 row_key: str | None) -> tuple[Any, Any, tuple[str, ...] | None]:
     """(the first `max_rows` input rows as a DataFrame, their predictions, their row keys).
 
-    Cheap on purpose (slices, no copies of the values): it runs on the request path; the
+    Copies of at most `max_rows` rows, never views: a queued record must not keep the whole
+    request's arrays alive (the queue is bounded in records, and its memory must be too). The
     encoding happens on the log writer's thread.
     """
+    import numpy as np
     import pandas as pd
 
     frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
-    frame = frame.iloc[:max_rows]
+    frame = frame.iloc[:max_rows].copy()
     if isinstance(raw, pd.DataFrame | pd.Series):
-        predictions = raw.iloc[:max_rows]
+        predictions = raw.iloc[:max_rows].copy()
     elif isinstance(raw, dict):
-        predictions = {name: values[:max_rows] for name, values in raw.items()}
+        predictions = {name: np.array(values[:max_rows]) for name, values in raw.items()}
+    elif isinstance(raw, np.ndarray):
+        predictions = np.array(raw[:max_rows])
     else:
-        predictions = raw[:max_rows] if hasattr(raw, "__getitem__") else raw
+        predictions = list(raw[:max_rows]) if hasattr(raw, "__getitem__") else raw
     keys = None
     if row_key is not None and row_key in frame.columns:
         keys = tuple("" if pd.isna(v) else str(v) for v in frame[row_key].tolist())

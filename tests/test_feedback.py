@@ -117,3 +117,21 @@ def test_not_a_table_file_and_an_unreachable_log(log, tmp_path, capsys):
     pd.DataFrame({"request_id": ["x"], "label": [1.0]}).to_csv(path, index=False)
     dead = "postgresql://postgres@127.0.0.1:1/nowhere"
     assert run(["feedback", MODEL, str(path), "--log-uri", dead]) == 3
+
+
+def test_a_reused_request_id_or_another_models_request_is_refused(log, tmp_path, capsys):
+    """A label names one request: an id a client sent twice, or one another model served, is
+    refused instead of joining the wrong prediction."""
+    (reused,) = serve(log, "1", 1, at=EPOCH)
+    log.write([RequestRecord(request_id=reused, at=EPOCH + timedelta(minutes=1), model=MODEL,
+                             alias="Production", version="1", rows=1, latency_ms=1.0,
+                             outcome="ok", status=200)])
+    other = uuid.uuid4().hex
+    log.write([RequestRecord(request_id=other, at=EPOCH, model="churn", alias="Production",
+                             version="1", rows=1, latency_ms=1.0, outcome="ok", status=200)])
+    for request_id, words in ((reused, "was logged 2 times"), (other, "served by model 'churn'")):
+        path = tmp_path / "labels.csv"
+        pd.DataFrame({"request_id": [request_id], "label": [1.0]}).to_csv(path, index=False)
+        assert feedback(log, path) == 2
+        assert words in capsys.readouterr().err
+    assert len(labelled(log, "1")[1]) == 0

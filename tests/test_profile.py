@@ -397,3 +397,26 @@ def test_binning_psi_and_chunking_properties(reference, live, bins, cut):
     drift = split.result()
     assert drift.features[0].psi is not None and drift.features[0].psi >= 0.0
     assert drift.features[0].psi == whole.result().features[0].psi
+
+
+def test_a_reference_of_float32_dates_and_categoricals_meets_its_logged_self():
+    """Live values come back from the inference log as JSON: float64 of the shortest decimal
+    text, ISO dates, plain values. The same data must not look drifted."""
+    import numpy as np
+    import pandas as pd
+
+    from promotion.monitoring.drift import DriftAccumulator
+    from promotion.monitoring.profile import build_profile
+
+    n = 300
+    reference = pd.DataFrame({
+        "f32": np.array([0.1, 0.2, 0.3] * (n // 3), dtype=np.float32),
+        "when": pd.to_datetime(["2024-01-01", "2024-01-02"] * (n // 2)),
+        "grade": pd.Categorical([1.0, 2.0] * (n // 2))})
+    logged = pd.DataFrame({"f32": [0.1, 0.2, 0.3] * (n // 3),
+                           "when": ["2024-01-01T00:00:00", "2024-01-02T00:00:00"] * (n // 2),
+                           "grade": [1.0, 2.0] * (n // 2)})
+    accumulator = DriftAccumulator(build_profile(reference, np.zeros(n), source="test"))
+    accumulator.add(logged, np.zeros(n))
+    assert {f.name: f.psi for f in accumulator.result().features} == {
+        "f32": 0.0, "when": 0.0, "grade": 0.0}

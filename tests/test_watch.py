@@ -18,6 +18,7 @@ from helpers import add_version, aliases, decision_tag, rmse_policy, snapshot
 
 from promotion.cli import run
 from promotion.engine import watch as engine_watch
+from promotion.engine.results import WatchNotApplied
 from promotion.errors import ConflictError, LogUnavailable
 from promotion.gate import run_gate
 from promotion.gate import watch as watch_service
@@ -27,6 +28,7 @@ from promotion.monitoring.logstore import LogStore, RequestRecord
 from promotion.monitoring.profile import build_profile
 from promotion.policy.model import Margin, Watch, WatchRule
 from promotion.registry import profiles
+from promotion.report.watch import table
 
 pytestmark = pytest.mark.mlflow
 
@@ -182,8 +184,11 @@ def test_the_alias_moved_between_read_and_write_is_a_conflict(client, model_name
         return real_judge(watch, facts)
 
     monkeypatch.setattr(watch_service, "judge", judge_then_someone_moves_the_alias)
-    with pytest.raises(ConflictError, match="nothing was moved"):
+    with pytest.raises(WatchNotApplied, match="nothing was moved") as stopped:
         run_watch(client, watched(model_name), store)
+    assert isinstance(stopped.value.cause, ConflictError) and stopped.value.exit_code == 3
+    assert stopped.value.result.action == "rollback-not-applied"
+    assert "moved nothing" in table(stopped.value.result)
     assert aliases(client, model_name) == {"Production": v3, "Production-previous": v1}
 
 
@@ -373,3 +378,29 @@ def test_class_labels_and_odd_column_names_are_judged_not_breached(client, model
         result.decision.summary
     logged = client.get_run(result.monitoring_run_id).data.metrics
     assert "feature_psi/speed km_h_" in logged
+
+
+def test_a_held_lease_moves_nothing_and_still_shows_the_breach(client, model_name, store,
+                                                               tmp_path, monkeypatch, capsys):
+    from promotion.registry import lease
+
+    v1, v2 = promoted_pair(client, model_name)
+    traffic(store, model_name, v2, 120, errors=20)
+    client.create_registered_model(lease.lease_name(model_name), tags={
+        lease.TAG_MODEL: model_name, lease.TAG_HOLDER: "alice@laptop pid 4242",
+        lease.TAG_TOKEN: "elsewhere-token",
+        lease.TAG_EXPIRES: str(int((datetime.now(UTC).timestamp() + 600) * 1000)),
+        lease.TAG_ACQUIRED: "2026-12-01T00:00:00.000Z", lease.TAG_PROCESS: "laptop|x|y|4242",
+        lease.TAG_PURPOSE: "gate of @Production"})
+    monkeypatch.setenv("PROMOTE_LEASE_WAIT_S", "1")
+    policy = tmp_path / "p.yaml"
+    policy.write_text(yaml.safe_dump({
+        "model": model_name, "metrics": {"rmse": {"goal": "minimize", "max": 1.0}},
+        "watch": {"min_requests": 50, "rules": {"error_rate": {"max": "5%"}}}}))
+    capsys.readouterr()  # what the gates printed
+    assert run(["watch", str(policy), "--log-uri", store.where]) == 3
+    out, err = capsys.readouterr()
+    assert out.startswith(f"BREACH  {model_name}@Production version {v2}") and \
+        "moved nothing" in out
+    assert f"still on version {v2}; nothing moved" in err and "alice@laptop" in err
+    assert aliases(client, model_name) == {"Production": v2, "Production-previous": v1}

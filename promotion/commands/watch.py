@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from promotion.commands import tracking_uri
+from promotion.engine.results import WatchNotApplied
 from promotion.errors import InvalidInput, LogUnavailable, RegistryError
 from promotion.gate.watch import run_watch
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, LogStore
@@ -97,7 +98,12 @@ def command(policy_path: str, once: bool, every: str | None, dry_run: bool, as_j
 
 def _one(client: MlflowClient, policy: Policy, store: LogStore, dry_run: bool,
          as_json: bool, report_dir: Path | None) -> WatchResult:
-    result = run_watch(client, policy, store, dry_run=dry_run)
+    try:
+        result = run_watch(client, policy, store, dry_run=dry_run)
+    except WatchNotApplied as stopped:  # the breach is shown; the exit code says nothing moved
+        click.echo(to_json_text(stopped.result) if as_json else table(stopped.result))
+        write_github_watch(stopped.result)
+        raise
     click.echo(to_json_text(result) if as_json else table(result))
     write_github_watch(result)
     if report_dir is not None:

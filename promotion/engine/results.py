@@ -15,7 +15,7 @@ from promotion.engine.intent import Intent, State
 from promotion.engine.naming import version_or_none
 from promotion.engine.records import Entry, Trigger
 from promotion.engine.watch import WatchDecision, WatchFacts
-from promotion.errors import ConflictError, ExitCode, IncompleteError
+from promotion.errors import ConflictError, ExitCode, IncompleteError, RegistryError
 from promotion.policy.model import Policy, previous_alias
 
 NOTHING = "nothing"  # what an unset alias points at, in messages
@@ -172,16 +172,28 @@ class WatchResult:
 
     @property
     def action(self) -> str:
-        """none | rollback (the alias was moved back) | alert (recorded; nothing moved)."""
+        """none | rollback (the alias was moved back; in a dry run: would be) | alert (recorded;
+        nothing moved) | rollback-not-applied (called for, and it moved nothing: exit 3)."""
         if self.decision is None:
             return "none"
-        if self.decision.action == "rollback" and (self.dry_run or self.rollback is None):
-            return "rollback" if self.dry_run else "alert"
+        if self.decision.action == "rollback" and not self.dry_run and self.rollback is None:
+            return "rollback-not-applied"
         return self.decision.action
 
     @property
     def return_code(self) -> int:
         return int(ExitCode.REJECTED if self.outcome == "breach" else ExitCode.OK)
+
+
+class WatchNotApplied(RegistryError):
+    """The watch found a breach that calls for a rollback, and the rollback moved nothing (the
+    model's lease was held, the registry failed, or an alias moved since the watch read it):
+    exit 3. Carries the watch's result, so its table is still shown."""
+
+    def __init__(self, result: WatchResult, cause: RegistryError) -> None:
+        self.result = result
+        self.cause = cause
+        super().__init__(f"{cause}; the breach stands and the next watch acts on it again")
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,15 @@ from promotion import registry
 from promotion.engine import records
 from promotion.engine.facts import VersionFacts
 from promotion.engine.records import Entry, Trigger
-from promotion.engine.results import WatchResult
+from promotion.engine.results import WatchNotApplied, WatchResult
 from promotion.engine.watch import LiveFacts, WatchDecision, WatchFacts, judge
-from promotion.errors import InvalidInput, LogUnavailable, NothingMoved, RegistryError
+from promotion.errors import (
+    ConflictError,
+    InvalidInput,
+    LogUnavailable,
+    NothingMoved,
+    RegistryError,
+)
 from promotion.gate import live
 from promotion.gate.operation import nothing_moved_unless_said, writing
 from promotion.gate.rollback import Why, run_rollback
@@ -162,7 +168,10 @@ def _roll_back(client: MlflowClient, result: WatchResult, decision: WatchDecisio
                previous: str | None) -> WatchResult:
     why = Why(kind="watch", reason=f"watch: {decision.summary}",
               files=watch_files(result), expected=(decision.version, previous))
-    rolled = run_rollback(client, result.policy.model, result.policy.alias, why=why)
+    try:
+        rolled = run_rollback(client, result.policy.model, result.policy.alias, why=why)
+    except (NothingMoved, ConflictError) as exc:  # nothing moved: say so, with the table
+        raise WatchNotApplied(result, exc) from exc
     return replace(result, rollback=rolled, record_run_id=rolled.record_run_id)
 
 

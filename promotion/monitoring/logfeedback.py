@@ -45,6 +45,8 @@ class _Request:
     rows: int
     outcome: str
     version: str | None
+    logged: int = 1  # requests logged under this id (a client may reuse an X-Request-Id)
+    model: str = ""
 
 
 def add_feedback(engine: Engine, labels: Sequence[Label], *, source: str,
@@ -86,7 +88,7 @@ def _write(conn: Connection, labels: list[Label], malformed: dict[int, str], sou
             problems[i] = f"{_describe(i, label)}: no logged row has this row key"
     requests = _requests(conn, {t.request_id for t in targets})
     labelled = _already_labelled(conn, {t.request_id for t in targets})
-    for index, problem in _target_problems(targets, requests, labelled):
+    for index, problem in _target_problems(targets, requests, labelled, model):
         problems.setdefault(index, problem)
     _refuse(len(labels), [problems[i] for i in sorted(problems)])
     now = datetime.now(UTC)
@@ -103,7 +105,8 @@ def _write(conn: Connection, labels: list[Label], malformed: dict[int, str], sou
 
 
 def _target_problems(targets: list[_Target], requests: dict[str, _Request],
-                     labelled: set[tuple[str, int]]) -> Iterator[tuple[int, str]]:
+                     labelled: set[tuple[str, int]],
+                     model: str | None) -> Iterator[tuple[int, str]]:
     """(label index, problem) of every label whose row cannot take it."""
     seen: dict[tuple[str, int], int] = {}
     for t in targets:
@@ -111,6 +114,13 @@ def _target_problems(targets: list[_Target], requests: dict[str, _Request],
         first = seen.setdefault((t.request_id, t.row), t.index)
         if found is None:
             yield t.index, f"{t.describe()}: request {t.request_id!r} is not in the inference log"
+        elif found.logged > 1:
+            yield t.index, (f"{t.describe()}: request id {t.request_id!r} was logged "
+                            f"{found.logged} times (a client reused it): a label cannot tell "
+                            "which request it is about; label by row key instead")
+        elif model is not None and found.model != model:
+            yield t.index, (f"{t.describe()}: request {t.request_id!r} was served by model "
+                            f"{found.model!r}, not {model!r}")
         elif found.outcome != "ok":
             yield t.index, (f"{t.describe()}: request {t.request_id!r} was not scored "
                             f"({found.outcome})")
@@ -209,17 +219,19 @@ def _rows_by_key(conn: Connection, keys: set[str],
 
 
 def _requests(conn: Connection, request_ids: set[str]) -> dict[str, _Request]:
-    """request id -> its most recent logged request."""
+    """request id -> its most recent logged request, and how many were logged under it."""
     import sqlalchemy as sa
 
     requests = tables().requests
     found: dict[str, _Request] = {}
     for chunk in _chunks(request_ids):
         query = (sa.select(requests.c.request_id, requests.c.rows, requests.c.outcome,
-                           requests.c.version)
+                           requests.c.version, requests.c.model)
                  .where(requests.c.request_id.in_(chunk)).order_by(requests.c.id))
-        for request_id, rows, outcome, version in conn.execute(query):
-            found[request_id] = _Request(int(rows), outcome, version)
+        for request_id, rows, outcome, version, model in conn.execute(query):
+            before = found.get(request_id)
+            found[request_id] = _Request(int(rows), outcome, version,
+                                         1 + (before.logged if before else 0), str(model))
     return found
 
 

@@ -262,6 +262,10 @@ def numbers(values: Any) -> np.ndarray:
     series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
     if series.dtype == np.float64:
         return series.to_numpy()
+    if series.dtype == np.float32:
+        # By their shortest decimal text: a float32 0.1 is 0.100000001 as a float64, while the
+        # same value logged as JSON reads back as 0.1, the other side of an edge at it.
+        return series.to_numpy().astype(str).astype(np.float64)
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
         return series.to_numpy(dtype=np.float64, na_value=np.nan)
     coerced = pd.to_numeric(series, errors="coerce")
@@ -300,7 +304,12 @@ def labels(values: Any) -> tuple[np.ndarray, pd.Series]:
 
     series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values))
     series = series.reset_index(drop=True)
+    if isinstance(series.dtype, pd.CategoricalDtype):  # as its values are, not "1.0" for 1
+        series = series.astype(series.cat.categories.dtype)
     missing = series.isna().to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(series):  # ISO text, as the inference log has it
+        present = series[~missing]
+        return missing, pd.Series([v.isoformat() for v in present], dtype=object)
     if pd.api.types.is_float_dtype(series):
         v = series.to_numpy(dtype=np.float64, na_value=np.nan)
         missing = ~np.isfinite(v)

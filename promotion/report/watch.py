@@ -42,6 +42,8 @@ def headline(result: WatchResult) -> str:
     elif result.dry_run:
         act = ("would roll back (dry run: nothing moved)" if d.action == "rollback" else
                f"would alert: {d.why_not_rollback} (dry run: nothing recorded)")
+    elif d.action == "rollback":
+        act = "a rollback is called for and it moved nothing (the error below says why)"
     else:
         act = f"alert only, nothing moved: {d.why_not_rollback}"
     return f"{head} ({window}): {act}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from promotion.monitoring.logstore import LogStore, RequestRecord
 from promotion.monitoring.profile import build_profile
 from promotion.policy.model import Margin, Watch, WatchRule
 from promotion.registry import profiles
-from promotion.report.watch import table
+from promotion.report.watch import markdown, table
 
 pytestmark = pytest.mark.mlflow
 
@@ -118,6 +119,9 @@ def test_a_healthy_window_moves_nothing_and_logs_its_metrics(client, model_name,
     history = client.get_metric_history(result.monitoring_run_id, "requests")
     assert sorted(p.step for p in history) == [int(result.window_end),
                                                int(result.window_end + 60)]
+    summary = markdown(again)  # the job summary draws them too, as text
+    assert re.search(r"^requests +\S{2}  last 400 \(min 400, max 400, 2 windows\)$", summary,
+                     re.M), summary
 
 
 def test_insufficient_data_never_rolls_back(client, model_name, store):

@@ -646,6 +646,7 @@ def test_a_healthy_window_is_green_and_moves_nothing(monitor):
                             "dry_run": "false"}
     assert f"### Watch: HEALTHY  {monitor.model}@Production version 2" in leg.summary
     assert WATCH_TABLE in leg.summary and "| error_rate max |" in leg.summary
+    assert "Signals of this version over its watches" in leg.summary  # the chart, as text
     kept = json.loads((run.artifacts / "watch-0" / "watch.json").read_text())
     assert (kept["outcome"], kept["version"], kept["live"]["requests"]) == ("healthy", "2", 30)
     chart = (run.artifacts / "watch-0" / "chart.png").read_bytes()

@@ -164,6 +164,9 @@ class WatchResult:
     monitoring_run_id: str | None = None  # where the window's metrics were logged
     note: str | None = None  # e.g. "no version holds @Production"
     chart_png: bytes | None = field(default=None, repr=False, compare=False)  # signals over time
+    # The same as text: (signal, ((Unix seconds, value), ...)) of the version's windows so far.
+    history: tuple[tuple[str, tuple[tuple[float, float], ...]], ...] = field(
+        default=(), repr=False, compare=False)
 
     @property
     def outcome(self) -> str:

@@ -77,8 +77,8 @@ def run_watch(client: MlflowClient, policy: Policy, log: LogStore, *, dry_run: b
     if dry_run:
         return result
     with nothing_moved_unless_said(policy.alias, version):
-        run_id, png = _log(client, result)
-    result = replace(result, monitoring_run_id=run_id, chart_png=png)
+        run_id, png, history = _log(client, result)
+    result = replace(result, monitoring_run_id=run_id, chart_png=png, history=history)
     if decision.outcome != "breach":
         return result
     if decision.action == "rollback":
@@ -149,7 +149,7 @@ def _baseline(log: LogStore, policy: Policy, watch: Watch, previous: str | None,
     return live.measure(log, policy.model, previous, span, quality=quality, drift=False)
 
 
-def _log(client: MlflowClient, result: WatchResult) -> tuple[str, bytes]:
+def _log(client: MlflowClient, result: WatchResult) -> tuple[str, bytes, Any]:
     """The window's figures on the version's monitoring run, and the chart of them over time
     (uploaded with the latest report, so the run's artifacts always show the last watch)."""
     assert result.facts is not None and result.decision is not None
@@ -160,8 +160,10 @@ def _log(client: MlflowClient, result: WatchResult) -> tuple[str, bytes]:
     series = monitoring.history(client, run_id, tuple(bounds))
     png = watch_chart_png(series, bounds, f"{result.policy.model} version {version}: watched "
                                           f"signals (@{result.policy.alias})")
-    monitoring.upload(client, run_id, {**watch_files(result), "chart.png": png})
-    return run_id, png
+    history = tuple((name, tuple(points)) for name, points in series.items())
+    monitoring.upload(client, run_id, {**watch_files(replace(result, history=history)),
+                                       "chart.png": png})
+    return run_id, png, history
 
 
 def _roll_back(client: MlflowClient, result: WatchResult, decision: WatchDecision,

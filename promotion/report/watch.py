@@ -89,9 +89,33 @@ def markdown(result: WatchResult) -> str:
         out.append("")
     if result.facts is not None:
         out += [md(_live_line(result.facts.live)), ""]
+    if result.history:
+        out += ["Signals of this version over its watches, oldest first (the chart is "
+                "`chart.png` in the report and on the version's run in `promotion-monitoring`):",
+                "", "```", *sparklines(result.history), "```", ""]
     if result.record_run_id:
         out.append(f"Decision record: run {code(result.record_run_id)}")
     return "\n".join(out) + "\n"
+
+
+_TICKS = "▁▂▃▄▅▆▇█"
+SPARK_POINTS = 48  # the last this many windows
+
+
+def sparklines(history: tuple[tuple[str, tuple[tuple[float, float], ...]], ...]) -> list[str]:
+    """One line per signal: its last values as a sparkline, then the last value."""
+    named = [(name, [v for _, v in points][-SPARK_POINTS:]) for name, points in history
+             if points]
+    width = max((len(name) for name, _ in named), default=0)
+    lines = []
+    for name, values in named:
+        low, high = min(values), max(values)
+        span = high - low
+        ticks = "".join(_TICKS[0 if span == 0 else min(len(_TICKS) - 1, int(
+            (v - low) / span * len(_TICKS)))] for v in values)
+        lines.append(f"{name.ljust(width)}  {ticks}  last {values[-1]:.4g} "
+                     f"(min {low:.4g}, max {high:.4g}, {len(values)} windows)")
+    return lines
 
 
 def to_dict(result: WatchResult) -> dict[str, Any]:

@@ -387,3 +387,41 @@ def _wait_written(endpoint, n: int) -> None:
     while endpoint.get("/version").json()["log"]["written"] < n:
         assert time.monotonic() < deadline, endpoint.log()[-3000:]
         time.sleep(0.05)
+
+
+# -- what a request leaves in the queue ----------------------------------------------------------
+
+
+def test_sampled_rows_are_copies_not_views_of_the_request():
+    """A queued record must not keep the whole request alive (the queue is bounded in records)."""
+    import pandas as pd
+
+    from promotion.serve.protocol import sample_rows
+
+    frame = pd.DataFrame({"x": np.arange(10_000.0)})
+    raw = np.arange(10_000.0)
+    inputs, predictions, _ = sample_rows(frame, raw, 100, None)
+    assert len(inputs) == 100 and predictions.base is None
+    assert not np.shares_memory(inputs["x"].to_numpy(), frame["x"].to_numpy())
+
+
+def test_a_request_whose_inputs_no_table_holds_is_still_logged(writer, store):
+    """Tensor inputs cannot be sampled as rows: the request is logged all the same (dropping it
+    would make the version's error rate look worse than it is)."""
+    from promotion.serve.app import RequestLog
+    from promotion.serve.protocol import Scoring
+
+    log = RequestLog(writer, 1.0, 100, None, random.Random(0))
+    tensor = Scoring(data=np.zeros((2, 3, 4)), rows=2, raw=np.zeros(2))
+    log.submit("tensor-1", datetime.now(UTC), "m", "Production", None, 0.01, 200, tensor)
+    settled(writer, 1)
+    assert requests_logged(store) == [("tensor-1", None, 2, "ok", 200, 0)]
+
+
+@pytest.mark.parametrize("label", ["NaN", "inf", 10**400])
+def test_a_label_that_is_not_a_finite_number_is_refused(store, label):
+    from promotion.errors import InvalidInput
+    from promotion.monitoring.logstore import Label
+
+    with pytest.raises(InvalidInput, match="finite number"):
+        store.add_feedback([Label(label=label, request_id="any")], source="test")

@@ -559,3 +559,40 @@ def test_a_record_the_database_refuses_costs_only_itself(store, model):
     ids = {r[0] for r in sql(store, "SELECT request_id FROM inference_requests WHERE "
                                     "model = :model", model=model)}
     assert "bad" not in ids and len(ids) == 199
+
+
+def test_a_schema_1_log_gains_feedback_model_and_keeps_its_labels(tmp_path, model):
+    """A log written by the first schema (no feedback.model) is upgraded in place; its old
+    labels still join."""
+    import sqlalchemy as sa
+
+    store = LogStore(f"sqlite:///{tmp_path / 'v1.db'}")
+    store.migrate()
+    store.write([scored(model, request_id="old")])
+    store.add_feedback([Label(label=7.0, request_id="old")], source="test")
+    # Back to schema 1, as a database written by that code would be.
+    sql_write(store, "ALTER TABLE feedback DROP COLUMN model")
+    sql_write(store, "UPDATE promote_log_schema SET version = 1")
+    store.close()
+    upgraded = LogStore(store.uri)
+    assert upgraded.migrate() == SCHEMA_VERSION == 2
+    columns = {c["name"] for c in sa.inspect(upgraded.engine()).get_columns("feedback")}
+    assert "model" in columns
+    _, labels = upgraded.labelled(model, "1", T0 - DAY, T0 + DAY)
+    assert labels.tolist() == [7.0]
+    upgraded.close()
+
+
+def test_a_label_joins_only_its_own_models_rows(store, model):
+    """Another model's client may later log a request under the same id: it does not get the
+    label."""
+    store.write([scored(model, request_id="shared-id", n=1)])
+    store.add_feedback([Label(label=3.0, request_id="shared-id")], source="test", model=model)
+    other = f"{model}-other"
+    store.write([scored(other, request_id="shared-id", n=1, at=T0 + timedelta(minutes=1))])
+    assert labelled_of(store, model) == [3.0]
+    assert labelled_of(store, other) == []
+
+
+def labelled_of(store: LogStore, model: str) -> list:
+    return store.labelled(model, "1", T0 - DAY, T0 + DAY)[1].tolist()

@@ -96,6 +96,7 @@ def _write(conn: Connection, labels: list[Label], malformed: dict[int, str], sou
         "request_id": t.request_id, "row": t.row, "received_at": now, "source": source,
         "label": float(t.label.label) if not isinstance(t.label.label, str) else None,
         "label_text": t.label.label if isinstance(t.label.label, str) else None,
+        "model": requests[t.request_id].model,
     } for t in targets])
     by_version: dict[str, int] = {}
     for t in targets:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LOG_URI = "sqlite:///promote-log.db"  # relative to the working directory, like mlflow.db
 LOG_URI_ENV = "PROMOTE_LOG_URI"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # PostgreSQL advisory lock key of the migrations ("promote" in ASCII).
 _MIGRATION_LOCK = 0x70726F6D6F7465
@@ -157,6 +157,9 @@ def tables() -> Tables:
         sa.Column("label_text", sa.Text),
         sa.Column("received_at", UTCDateTime(), nullable=False),
         sa.Column("source", sa.String(256), nullable=False),
+        # The model whose request the label is about (schema 2; NULL in labels written before):
+        # a label joins that model's rows only, whatever id another model's client reuses.
+        sa.Column("model", sa.String(256)),
         sa.UniqueConstraint("request_id", "row", name="uq_feedback_request_row"))
     return Tables(schema, requests, rows, feedback)
 
@@ -235,8 +238,19 @@ def _create_v1(conn: Connection) -> None:
             conn.execute(CreateIndex(index, if_not_exists=True))
 
 
+def _feedback_model_v2(conn: Connection) -> None:
+    """feedback.model. A database created by this code has it already (v1 creates the tables
+    as they are now), one created at schema 1 gains it."""
+    import sqlalchemy as sa
+
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("feedback")}
+    if "model" not in columns:
+        conn.exec_driver_sql("ALTER TABLE feedback ADD COLUMN model VARCHAR(256)")
+
+
 # version -> the step that brings a database from version - 1 to it. Append; never edit.
-MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = ((1, _create_v1),)
+MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
+    (1, _create_v1), (2, _feedback_model_v2))
 
 
 def migrate(engine: Engine) -> int:

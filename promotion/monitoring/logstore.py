@@ -190,8 +190,9 @@ class LogStore:
         rows, feedback = t.rows, t.feedback
         query = (sa.select(rows.c.prediction, rows.c.prediction_json, feedback.c.label,
                            feedback.c.label_text)
-                 .join_from(rows, feedback, sa.and_(feedback.c.request_id == rows.c.request_id,
-                                                    feedback.c.row == rows.c.row))
+                 .join_from(rows, feedback, sa.and_(
+                     feedback.c.request_id == rows.c.request_id, feedback.c.row == rows.c.row,
+                     sa.or_(feedback.c.model == rows.c.model, feedback.c.model.is_(None))))
                  .where(*_window(rows, model, version, start, end)).order_by(rows.c.id))
         with self._database("read") as engine, engine.connect() as conn:
             found = conn.execute(query).all()

@@ -39,6 +39,7 @@ def command(model: str, path: str, label_column: str, log_uri: str) -> None:
     found = read_labels(path, label_column=label_column)
     store = LogStore(log_uri)
     try:
+        store.migrate()  # a log written by an older Promote is brought up to this schema first
         written = store.add_feedback(found.labels, source=f"file {path}", model=model)
     except InvalidInput as refused:
         raise found.located(refused) from None

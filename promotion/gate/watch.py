@@ -105,6 +105,7 @@ def _facts(client: MlflowClient, policy: Policy, watch: Watch, log: LogStore,
         live.store_profile(client, policy.model, version.version, reference.profile)
     quality = tuple(r.name for r in watch.rules if r.is_quality)
     try:
+        log.migrate()  # a log written by an older Promote is brought up to this schema first
         since = max(promoted_at or window.start, window.end - live.MAX_LABEL_AGE)
         measured = live.measure(log, policy.model, version.version, window,
                                 profile=reference.profile, profile_where=reference.where,

@@ -123,6 +123,53 @@ class Watch:
     on_breach: Literal["rollback", "alert"] = "rollback"
 
 
+RolloutMode = Literal["canary", "shadow"]
+
+
+def canary_alias(alias: str) -> str:
+    """The default alias a rollout of `alias` puts its candidate on."""
+    return f"{alias}-canary"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Shadow mode: the share of mirrored rows on which the candidate agrees with Production.
+
+    Two predictions agree when they are equal (class labels), or, for numbers, when they differ
+    by at most `tolerance` (absolute, or relative to |Production's prediction|).
+    """
+
+    min: float  # a share in [0, 1]
+    tolerance: Margin = field(default_factory=lambda: Margin(0.0))
+    min_rows: int = 100  # fewer compared rows: insufficient data, never a breach
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """How a candidate that passed the gate earns the alias on live traffic (promote rollout).
+
+    The gate points `alias` (the canary alias) at the candidate instead of the guarded alias;
+    each step gives it `steps[i]` of the traffic (canary: answered by it; shadow: mirrored to
+    it, answered by Production) for at least `step_after_seconds` and `min_requests` of its
+    requests; every rule must pass on the step's window to advance, any breach aborts, and
+    passing the last step promotes. `rules` are the watch rule language: `max_increase` and
+    `max_regression` compare with Production in the same window (`against` is unused).
+    """
+
+    alias: str  # the canary alias (default: <guarded alias>-canary)
+    rules: tuple[WatchRule, ...] = ()
+    mode: RolloutMode = "canary"
+    steps: tuple[float, ...] = (1.0,)  # shares in (0, 1], strictly increasing
+    step_after_seconds: float = 1800.0
+    min_requests: int = 500  # the candidate's requests in the step (served or mirrored)
+    min_labels: int = 30  # quality rules need this many labelled rows of each version
+    agreement: Agreement | None = None  # shadow mode only
+
+    @property
+    def previous_alias(self) -> str:
+        return previous_alias(self.alias)
+
+
 @dataclass(frozen=True)
 class Candidate:
     """Which version to gate: the highest version number, a fixed version, or an alias."""
@@ -167,6 +214,7 @@ class Policy:
     evaluation: Evaluation | None = None
     budgets: tuple[Budget, ...] = ()
     watch: Watch | None = None
+    rollout: Rollout | None = None  # None: a pass moves the alias at once
     # Where each key and value of the file was; None for a policy built in code. Shared with the
     # document it was read from (not copied), and not part of the policy's value: two policies
     # with the same rules are equal however their files are laid out.

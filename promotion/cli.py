@@ -54,6 +54,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "promotion.commands.watch",
         "Judge the version behind an alias on live traffic; roll a bad one back.",
     ),
+    "rollout": (
+        "promotion.commands.rollout",
+        "Take a canary or shadow rollout a step further on live traffic.",
+    ),
     "feedback": (
         "promotion.commands.feedback",
         "Join ground-truth labels (CSV/Parquet) to logged predictions.",

@@ -7,21 +7,17 @@ the registry or the log database is briefly unreachable.
 
 from __future__ import annotations
 
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
 from promotion.commands import tracking_uri
+from promotion.commands.repeat import every_seconds, stop_event
 from promotion.engine.results import WatchNotApplied
 from promotion.errors import InvalidInput, LogUnavailable, RegistryError
 from promotion.gate.watch import run_watch
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, LogStore
-from promotion.policy.checks import DURATION_UNITS
 from promotion.policy.load import load_policy
 from promotion.registry.client import connect
 from promotion.report.github import write_github_watch
@@ -32,21 +28,6 @@ if TYPE_CHECKING:
 
     from promotion.engine.results import WatchResult
     from promotion.policy.model import Policy
-
-
-def _interval(text: str | None) -> float | None:
-    if text is None:
-        return None
-    text = text.strip()
-    unit = text[-1:] if text[-1:] in DURATION_UNITS else ""
-    try:
-        seconds = float(text[:-1] if unit else text) * DURATION_UNITS.get(unit, 1)
-    except ValueError:
-        raise click.BadParameter(f"expected a duration like '30s', '5m' or '1h', got {text!r}",
-                                 param_hint="--every") from None
-    if seconds < 1:
-        raise click.BadParameter("the interval is at least 1s", param_hint="--every")
-    return seconds
 
 
 @click.command("watch")
@@ -80,7 +61,7 @@ def command(policy_path: str, once: bool, every: str | None, dry_run: bool, as_j
     """
     if once and every:
         raise click.UsageError("--once and --every exclude each other")
-    interval = _interval(every)
+    interval = every_seconds(every)
     policy = load_policy(policy_path)
     if policy.watch is None:
         raise InvalidInput(f"{policy_path}: this policy has no 'watch:' block; add one to watch "
@@ -118,7 +99,7 @@ def _one(client: MlflowClient, policy: Policy, store: LogStore, dry_run: bool,
 
 def _repeat(client: MlflowClient, policy: Policy, store: LogStore, dry_run: bool,
             as_json: bool, report_dir: Path | None, interval: float) -> None:
-    with _stop_event() as stop:
+    with stop_event() as stop:
         while not stop.is_set():
             try:
                 _one(client, policy, store, dry_run, as_json, report_dir)
@@ -126,17 +107,3 @@ def _repeat(client: MlflowClient, policy: Policy, store: LogStore, dry_run: bool
                 click.echo(f"watch failed this time, trying again in {interval:g}s: {exc}",
                            err=True)
             stop.wait(interval)
-
-
-@contextmanager
-def _stop_event() -> Iterator[threading.Event]:
-    """An event SIGTERM sets, so `--every` ends between windows with exit 0."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -14,6 +14,8 @@ from promotion.engine.facts import EvaluationFacts, VersionFacts
 from promotion.engine.intent import Intent, State
 from promotion.engine.naming import version_or_none
 from promotion.engine.records import Entry, Trigger
+from promotion.engine.rollout import CanaryStart, RolloutState
+from promotion.engine.step import StepDecision, StepFacts
 from promotion.engine.watch import WatchDecision, WatchFacts
 from promotion.errors import ConflictError, ExitCode, IncompleteError, RegistryError
 from promotion.policy.model import Policy, previous_alias
@@ -40,6 +42,9 @@ class GateResult:
     # What should have followed the move and could not be written (empty: the record is
     # complete); the write-ahead intent stays, and the model's next command completes it.
     missing: tuple[str, ...] = ()
+    # A pass of a policy with a rollout: the canary alias moves instead (promote rollout).
+    canary: CanaryStart | None = None
+    conflict_alias: str | None = None  # the alias found moved at the re-read (default: alias)
 
     @property
     def candidate_version(self) -> str:
@@ -51,8 +56,19 @@ class GateResult:
 
     @property
     def outcome(self) -> str:
-        """promoted | rejected | inconclusive | already | conflict."""
-        return "conflict" if self.conflict else self.decision.outcome
+        """promoted | canary (a rollout started) | rejected | inconclusive | already |
+        conflict."""
+        if self.conflict:
+            return "conflict"
+        if self.canary is not None and self.decision.outcome == "promoted":
+            return "canary"
+        return self.decision.outcome
+
+    @property
+    def moved_alias(self) -> str:
+        """The alias a pass moves: the canary alias when it starts a rollout."""
+        return self.canary.state.canary_alias if self.canary is not None else \
+            self.policy.alias
 
     @property
     def return_code(self) -> int:
@@ -79,7 +95,7 @@ class GateIncomplete(IncompleteError):
     def __init__(self, result: GateResult) -> None:
         self.result = result
         super().__init__(incomplete_message(
-            result.policy.alias, result.policy.model, result.candidate_version, result.applied,
+            result.moved_alias, result.policy.model, result.candidate_version, result.applied,
             result.missing, f"promote gate {result.policy.path}"))
 
 
@@ -88,10 +104,13 @@ class GateConflict(ConflictError):
 
     def __init__(self, result: GateResult) -> None:
         self.result = result
-        was = version_or_none(result.production_version, NOTHING)
+        alias = result.conflict_alias or result.policy.alias
+        read = result.production_version if alias == result.policy.alias else \
+            result.canary.canary_before if result.canary is not None else None
+        was = version_or_none(read, NOTHING)
         now = version_or_none(result.conflict_version, NOTHING)
         super().__init__(
-            f"@{result.policy.alias} of model {result.policy.model!r} moved while deciding "
+            f"@{alias} of model {result.policy.model!r} moved while deciding "
             f"(it pointed at {was}, now {now}); nothing was moved, version "
             f"{result.candidate_version} is recorded as conflict")
 
@@ -200,6 +219,84 @@ class WatchNotApplied(RegistryError):
 
 
 @dataclass(frozen=True)
+class RolloutResult:
+    """One run of `promote rollout`: the step judged, and what was done (or, dry, would be)."""
+
+    policy: Policy
+    state: RolloutState | None  # the rollout as read (None: none in progress)
+    production: str | None  # where @alias pointed when read
+    dry_run: bool
+    decided_at: str
+    trigger: Trigger
+    tracking_uri: str
+    log: str | None = None  # the inference log, redacted
+    decision: StepDecision | None = None  # None: nothing was judged
+    facts: StepFacts | None = None
+    # Why it was aborted other than by a breach: who asked (`--abort`), or a stale state.
+    abort_reason: str | None = None
+    applied: bool = False  # this command moved something
+    advanced_to: RolloutState | None = None  # the state after an advance
+    record_run_id: str | None = None
+    resolved: str | None = None  # an interrupted operation this command finished first
+    missing: tuple[str, ...] = ()
+    note: str | None = None  # e.g. "no rollout of @Production in progress"
+
+    @property
+    def action(self) -> str:
+        """none | wait | advance | promote | abort (in a dry run: what would be done)."""
+        if self.abort_reason is not None:
+            return "abort"
+        return self.decision.action if self.decision is not None else "none"
+
+    @property
+    def moved_alias(self) -> str | None:
+        if self.state is None:
+            return None
+        return self.state.alias if self.action == "promote" else self.state.canary_alias
+
+    @property
+    def return_code(self) -> int:
+        if self.missing:
+            return int(ExitCode.INCOMPLETE)
+        if self.action == "abort" and self.abort_reason is None:
+            return int(ExitCode.REJECTED)  # a breach
+        return int(ExitCode.OK)
+
+
+class RolloutIncomplete(IncompleteError):
+    """The rollout's move was made (or may have been) and its record is incomplete (exit 5)."""
+
+    def __init__(self, result: RolloutResult) -> None:
+        self.result = result
+        state = result.state
+        assert state is not None
+        alias = result.moved_alias or state.canary_alias
+        if result.action == "advance":
+            where = (f"the rollout of version {state.version} moved to step {state.step + 2}"
+                     if result.applied else f"the rollout of version {state.version} may have "
+                     f"moved to step {state.step + 2} (the write's answer was lost)")
+            text = (f"{where}; its record is incomplete (missing: {'; '.join(result.missing)}); "
+                    f"run `promote rollout {result.policy.path}` (or `promote status "
+                    f"{result.policy.model}`) to complete it")
+        else:
+            target = state.version if result.action == "promote" else "nothing (removed)"
+            text = incomplete_message(alias, result.policy.model, target, result.applied,
+                                      result.missing, f"promote rollout {result.policy.path}")
+            if result.action != "promote":
+                text = text.replace("moved to version nothing (removed)", "was removed")
+        super().__init__(text)
+
+
+class RolloutConflict(ConflictError):
+    """The rollout or an alias changed between the read and the write; nothing was moved."""
+
+    def __init__(self, result: RolloutResult, what: str) -> None:
+        self.result = result
+        super().__init__(f"{what} while deciding; nothing was moved (the rollout of model "
+                         f"{result.policy.model!r} is recorded as conflict)")
+
+
+@dataclass(frozen=True)
 class VersionStatus:
     version: str
     aliases: tuple[str, ...]
@@ -220,8 +317,11 @@ class Interrupted:
     @property
     def summary(self) -> str:
         i = self.intent
-        said = {"applied": f"@{i.alias} moved to version {i.target}; its record is incomplete",
-                "not_applied": f"@{i.alias} did not move; nothing moved",
+        moved = ("the rollout moved" if i.kind == "step" else f"@{i.alias} was removed"
+                 if i.target is None else f"@{i.alias} moved to version {i.target}")
+        said = {"applied": f"{moved}; its record is incomplete",
+                "not_applied": f"@{i.alias} did not move; nothing moved" if i.kind != "step"
+                else "the rollout did not move; nothing moved",
                 "superseded": f"@{i.alias} was moved elsewhere outside Promote"}[self.state]
         return f"{i.describe}: {said}; `{i.finish_hint()}` finishes it"
 
@@ -235,6 +335,7 @@ class ModelStatus:
     tracking_uri: str
     interrupted: Interrupted | None = None  # an operation's write-ahead intent left behind
     lease: str | None = None  # who holds the model's lease now (someone is writing)
+    rollouts: tuple[RolloutState, ...] = ()  # in progress, one per guarded alias
     return_code: ClassVar[int] = int(ExitCode.OK)
 
     @property

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from promotion.policy.model import Margin, Rollout
+from promotion.policy.model import Margin, Policy, Rollout
 
 STATE_PREFIX = "promotion.rollout."
 STATE_VERSION = 1
@@ -156,6 +156,13 @@ def read_state(tags: Mapping[str, str], alias: str) -> tuple[RolloutState | None
     return state, None
 
 
+def rollouts_in(tags: Mapping[str, str]) -> tuple[RolloutState, ...]:
+    """Every readable rollout state among a registered model's tags, by guarded alias."""
+    found = (read_state(tags, key[len(STATE_PREFIX):])[0] for key in sorted(tags)
+             if key.startswith(STATE_PREFIX))
+    return tuple(state for state in found if state is not None)
+
+
 @dataclass(frozen=True)
 class CanaryRoute:
     """What an endpoint gives the canary: which version, how, how much, in which step."""
@@ -239,3 +246,35 @@ def guard_breach(guard: ErrorGuard | None, canary_requests: int, canary_errors: 
             return (f"error rate {rate:.3g} over {canary_requests} requests breaches "
                     f"Production's {base:.3g} + {guard.max_increase}")
     return None
+
+
+@dataclass(frozen=True)
+class CanaryStart:
+    """What a passing gate of a policy with a rollout does instead of moving the alias: point the
+    canary alias at the candidate and write this state (step 1)."""
+
+    state: RolloutState
+    canary_before: str | None  # where the canary alias pointed when the gate read it
+    replaces: RolloutState | None = None  # a rollout of another version it ends (as aborted)
+
+
+def plan_canary(policy: Policy, candidate: str, production: str, at: str,
+                aliases: Mapping[str, str], tags: Mapping[str, str]
+                ) -> tuple[CanaryStart | None, str | None]:
+    """(the rollout a passing gate starts, or None with why the candidate is in one already).
+
+    A candidate already rolling out (the state names it and the canary alias points at it) is not
+    started again: re-gating the same version must not restart its steps.
+    """
+    rollout = policy.rollout
+    assert rollout is not None
+    current, _ = read_state(tags, policy.alias)
+    canary_now = aliases.get(rollout.alias)
+    if current is not None and current.version == candidate and canary_now == candidate:
+        return None, (f"version {candidate} is already rolling out: {current.describe()}; "
+                      f"`promote rollout {policy.path}` takes it further")
+    state = RolloutState(alias=policy.alias, canary_alias=rollout.alias, version=candidate,
+                         mode=rollout.mode, steps=rollout.steps, step=0, started_at=at,
+                         step_started_at=at, production=production, policy=policy.path,
+                         policy_sha256=policy.sha256, guard=guard_of(rollout))
+    return CanaryStart(state, canary_now, current), None

@@ -63,6 +63,7 @@ class WatchFacts:
     promoted_by_gate: bool = False  # the version's last decision is a gate's `promoted`
     baseline: LiveFacts | None = None  # the displaced version, just before it was displaced
     offline: tuple[tuple[str, float], ...] = ()  # the version's own logged metrics
+    baseline_name: str = "the displaced version"  # what `baseline` is, in reasons
 
 
 @dataclass(frozen=True)
@@ -172,14 +173,14 @@ def _signal_checks(watch: Watch, rule: WatchRule, facts: WatchFacts) -> list[Wat
                            f"{rule.name}: no successful request in the window to measure")]
     checks = []
     if rule.max is not None:
-        checks.append(_bound(rule.name, "max", value, rule.max, None, unit))
+        checks.append(bound_check(rule.name, "max", value, rule.max, None, unit))
     if rule.max_increase is not None:
         base = facts.baseline
         reference = getattr(base, rule.name) if base is not None else None
         if base is None or base.requests < watch.min_requests or reference is None:
             seen = 0 if base is None else base.requests
             checks.append(WatchCheck(rule.name, "max_increase", "insufficient",
-                                     f"{rule.name}: the displaced version has {seen} requests to "
+                                     f"{rule.name}: {facts.baseline_name} has {seen} requests to "
                                      f"compare with (needs {watch.min_requests})", value))
         else:
             allowed = rule.max_increase.amount(reference)
@@ -187,7 +188,7 @@ def _signal_checks(watch: Watch, rule: WatchRule, facts: WatchFacts) -> list[Wat
                 # A rate over a zero baseline would allow nothing: one failed request is the
                 # least increase a window can show.
                 allowed = max(allowed, 1.0 / facts.live.requests)
-            checks.append(_bound(rule.name, "max_increase", value, reference + allowed,
+            checks.append(bound_check(rule.name, "max_increase", value, reference + allowed,
                                  reference, unit, margin=f"+{rule.max_increase}"))
     return checks
 
@@ -220,7 +221,7 @@ def _drift_check(watch: Watch, rule: WatchRule, live: LiveFacts) -> WatchCheck:
             return WatchCheck(rule.name, "max", "insufficient",
                               f"{rule.name}: not computed for the predictions of version "
                               f"{live.version} (class labels have no KS statistic)")
-    check = _bound(rule.name, "max", value, rule.max, None, "")
+    check = bound_check(rule.name, "max", value, rule.max, None, "")
     if subject is None:
         return check
     return replace(check, reason=check.reason.replace(rule.name, f"{rule.name} (worst: "
@@ -241,9 +242,9 @@ def _quality_checks(watch: Watch, rule: WatchRule, facts: WatchFacts) -> list[Wa
     checks = []
     lower = rule.goal == "maximize"
     if rule.min is not None:
-        checks.append(_bound(rule.name, "min", value, rule.min, None, "", lower=True))
+        checks.append(bound_check(rule.name, "min", value, rule.min, None, "", lower=True))
     if rule.max is not None:
-        checks.append(_bound(rule.name, "max", value, rule.max, None, ""))
+        checks.append(bound_check(rule.name, "max", value, rule.max, None, ""))
     if rule.max_regression is not None:
         reference, what = _quality_reference(watch, rule, facts)
         if reference is None:
@@ -252,7 +253,7 @@ def _quality_checks(watch: Watch, rule: WatchRule, facts: WatchFacts) -> list[Wa
         else:
             amount = rule.max_regression.amount(reference)
             bound = reference - amount if lower else reference + amount
-            checks.append(_bound(rule.name, "max_regression", value, bound, reference, "",
+            checks.append(bound_check(rule.name, "max_regression", value, bound, reference, "",
                                  lower=lower, margin=f"{rule.max_regression} worse than {what}"))
     return checks
 
@@ -268,15 +269,15 @@ def _quality_reference(watch: Watch, rule: WatchRule,
     base = facts.baseline
     if base is None or base.labels < watch.min_labels:
         labels = 0 if base is None else base.labels
-        return None, (f"the displaced version has {labels} labelled rows to compare with "
+        return None, (f"{facts.baseline_name} has {labels} labelled rows to compare with "
                       f"(needs {watch.min_labels})")
     value = dict(base.quality).get(rule.name)
     if value is None:
-        return None, "the displaced version's live value cannot be computed"
+        return None, f"the live value of {facts.baseline_name} cannot be computed"
     return value, f"version {base.version} live"
 
 
-def _bound(rule: str, kind: str, value: float | None, bound: float, reference: float | None,
+def bound_check(rule: str, kind: str, value: float | None, bound: float, reference: float | None,
            unit: str, *, lower: bool = False, margin: str = "") -> WatchCheck:
     """`value` must be <= bound (>= bound with `lower`); a value that was computed and is not
     a finite number fails closed (a missing one is the callers' insufficient data)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from promotion.engine.facts import VersionFacts
+from promotion.engine.step import Agreed
 from promotion.engine.watch import LiveFacts
 from promotion.errors import InvalidInput
 from promotion.evaluation.bootstrap import Outputs, score
@@ -26,7 +27,7 @@ from promotion.evaluation.versions import call_predict, load_version
 from promotion.monitoring.drift import DriftAccumulator
 from promotion.monitoring.logstore import LogStore
 from promotion.monitoring.profile import Profile, build_profile
-from promotion.policy.model import Policy
+from promotion.policy.model import Margin, Policy
 from promotion.registry import monitoring, profiles
 
 if TYPE_CHECKING:
@@ -116,6 +117,27 @@ def _quality(store: LogStore, model: str, version: str, window: Window,
             if np.isfinite(value):
                 values.append((name, float(value)))
     return {"labels": len(labels), "quality": tuple(values)}
+
+
+def agreement(store: LogStore, model: str, production: str, candidate: str, window: Window,
+              tolerance: Margin, max_rows: int = MAX_DRIFT_ROWS) -> Agreed:
+    """How many rows Production and the candidate both scored in the window (a request and its
+    shadow copy, paired by request id and row), and on how many they agree: equal class labels,
+    or numbers within `tolerance` (absolute, or relative to |Production's prediction|)."""
+    import numpy as np
+
+    start, end = window.bounds
+    ours, theirs = store.paired(model, production, candidate, start, end, max_rows=max_rows)
+    if not len(ours):
+        return Agreed(0, 0)
+    if ours.dtype == np.float64 and theirs.dtype == np.float64:
+        allowed = tolerance.value * np.abs(ours) if tolerance.relative else tolerance.value
+        with np.errstate(invalid="ignore"):
+            same = np.abs(ours - theirs) <= allowed + 1e-12 * np.abs(ours)
+        same |= np.isnan(ours) & np.isnan(theirs)
+    else:
+        same = np.array([str(a) == str(b) for a, b in zip(ours, theirs, strict=True)])
+    return Agreed(len(ours), int(np.count_nonzero(same)))
 
 
 def reference_profile(client: MlflowClient, policy: Policy, version: VersionFacts,

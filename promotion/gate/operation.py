@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
 from promotion import registry
@@ -28,7 +29,7 @@ from promotion.engine.intent import Intent
 from promotion.engine.naming import version_or_none
 from promotion.errors import ConflictError, NothingMoved, RegistryError
 from promotion.gate.recovery import INTERRUPTED, Recovery, recover
-from promotion.registry import journal, lease
+from promotion.registry import journal, lease, rollouts
 from promotion.registry import records as store
 
 if TYPE_CHECKING:
@@ -75,21 +76,40 @@ class Operation:
         except RegistryError as exc:
             raise NothingMoved(f"{still(self.intent)}: {exc}") from exc
 
-    def move(self, alias: str, version: str) -> None:
-        """Point the operation's alias at `version` through registry.set_alias.
+    def move(self, alias: str, version: str | None) -> None:
+        """Point the operation's alias at `version` (None: remove it).
 
         A failure is re-checked by reading the alias: it may have moved (the answer was lost).
         Sets `moved`; raises RegistryError only when the alias is known not to have moved.
         """
+        model = self.intent.model
+        write = partial(registry.set_alias, self.client, model, alias, version) \
+            if version is not None else partial(registry.delete_alias, self.client, model, alias)
+        self._moved(write, partial(registry.alias_version, self.client, model, alias), version)
+
+    def move_state(self, rollout_alias: str, value: str | None, position: str | None) -> None:
+        """The move of a rollout step: the rollout state tag becomes `value` (at `position`;
+        None: removed); re-checked by reading the state when the write's answer is lost, like
+        `move`."""
+        model = self.intent.model
+
+        def now() -> str | None:
+            return journal.read_state(self.client, model).standing
+
+        self._moved(partial(rollouts.write_state, self.client, model, rollout_alias, value), now,
+                    position)
+
+    def _moved(self, write: Callable[[], object], read: Callable[[], str | None],
+               expected: str | None) -> None:
         try:
-            registry.set_alias(self.client, self.intent.model, alias, version)
+            write()
         except RegistryError:
             try:
-                now = registry.alias_version(self.client, self.intent.model, alias)
+                now = read()
             except RegistryError:
                 self.moved = None
                 return
-            if now != version:
+            if now != expected:
                 raise
         self.moved = True
 
@@ -136,6 +156,7 @@ class Session:
     recovered: Recovery | None
     operation: str = field(default_factory=lambda: uuid.uuid4().hex)
     run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)  # the model's (its rollout states)
 
 
 @contextmanager
@@ -146,9 +167,9 @@ def writing(client: MlflowClient, model: str, *, purpose: str) -> Iterator[Sessi
         state = journal.read_state(client, model)
         note = None
         if state.intent is not None:
-            note = recover(client, state.intent, state.aliases)
+            note = recover(client, state.intent, state)
             state = journal.read_state(client, model)
-        session = Session(state.aliases, note)
+        session = Session(state.aliases, note, tags=state.tags)
         sweep(client, model, session)  # what earlier interruptions left
         try:
             yield session

@@ -33,17 +33,20 @@ from promotion.engine.intent import Intent
 from promotion.engine.naming import version_or_none
 from promotion.engine.records import Entry, Trigger
 from promotion.engine.results import NOTHING, GateConflict, GateIncomplete, GateResult
+from promotion.engine.rollout import plan_canary
 from promotion.errors import NothingMoved, RegistryError
 from promotion.evaluation import evaluate
 from promotion.gate.operation import (
     Operation,
     Session,
+    Step,
     nothing_moved_unless_said,
     still,
     writing,
 )
 from promotion.gate.recovery import INTERRUPTED
 from promotion.policy.model import DEFAULT_ALIAS, Candidate, Policy, previous_alias
+from promotion.registry import journal, rollouts
 from promotion.registry import records as store
 from promotion.registry.client import describe_uri
 from promotion.report.decision import record_files
@@ -64,7 +67,10 @@ def run_gate(client: MlflowClient, policy: Policy, *, candidate: Candidate | Non
     if dry_run:
         return result
     alias = policy.alias
-    with nothing_moved_unless_said(alias, result.production_version), \
+    moved = result.moved_alias
+    where = result.production_version if moved == alias else \
+        result.canary.canary_before if result.canary is not None else None
+    with nothing_moved_unless_said(moved, where), \
             writing(client, policy.model, purpose=f"gate of @{alias}") as session:
         result = _resolve(client, result, session)
         if result.decision.outcome == "promoted":
@@ -77,10 +83,13 @@ def _decide(client: MlflowClient, policy: Policy, selector: Candidate,
     """Gather the facts (reads only) and decide."""
     model, alias = policy.model, policy.alias
     # Independent reads, concurrently: the alias (this also proves the model exists) and the
-    # candidate; then both versions' runs.
+    # candidate (and, with a rollout, the model's aliases and rollout state); then both
+    # versions' runs.
     first: list[Callable[[], Any]] = [partial(registry.alias_target, client, model, alias),
                                       partial(registry.resolve, client, model, selector)]
-    prod_mv, cand_mv = registry.parallel(first)
+    if policy.rollout is not None:
+        first.append(partial(journal.read_state, client, model))
+    prod_mv, cand_mv, *state = registry.parallel(first)
     reads: list[Callable[[], VersionFacts]] = [partial(registry.version_facts, client, cand_mv)]
     if prod_mv is not None:
         reads.append(partial(registry.version_facts, client, prod_mv))
@@ -91,11 +100,21 @@ def _decide(client: MlflowClient, policy: Policy, selector: Candidate,
     if needs_evaluation(policy) and (prod is None or prod.version != cand.version):
         evaluation = evaluate(client, policy, cand, prod)
     pending = dry_run and prod is not None and _pending_for(prod, alias)
-    return GateResult(policy=policy, decision=decide(policy, cand, prod, evaluation),
+    decided_at = records.utc_now()
+    decision = decide(policy, cand, prod, evaluation)
+    canary = None
+    if state and prod is not None and decision.outcome == "promoted":
+        # With a rollout, a pass starts it: the canary alias moves, not the alias.
+        canary, already = plan_canary(policy, cand.version, prod.version, decided_at,
+                                      state[0].aliases, state[0].tags)
+        if already is not None:
+            decision = replace(decision, outcome="already", reasons=(already,))
+    return GateResult(policy=policy, decision=decision,
                       candidate=cand, production=prod, dry_run=dry_run,
-                      decided_at=records.utc_now(), trigger=Trigger.from_env(),
+                      decided_at=decided_at, trigger=Trigger.from_env(),
                       tracking_uri=describe_uri(client), evaluation=evaluation,
-                      resolved=_pending_note(prod, alias, "would be") if pending else None)
+                      resolved=_pending_note(prod, alias, "would be") if pending else None,
+                      canary=canary)
 
 
 def _pending_note(prod: VersionFacts | None, alias: str, verb: str) -> str:
@@ -120,7 +139,8 @@ def _resolve(client: MlflowClient, result: GateResult, session: Session) -> Gate
 def _entry(result: GateResult, outcome: str | None = None, reason: str | None = None,
            operation: str | None = None) -> Entry:
     d = result.decision
-    return Entry(kind="gate", model=d.model, alias=d.alias, outcome=outcome or result.outcome,
+    return Entry(kind="gate", model=d.model, alias=result.moved_alias,
+                 outcome=outcome or result.outcome,
                  candidate_version=d.candidate_version, compared_to=d.production_version,
                  decided_at=result.decided_at, reason=reason or d.summary,
                  triggered_by=result.trigger.describe(), policy=result.policy.path,
@@ -144,18 +164,24 @@ def _record_only(client: MlflowClient, result: GateResult, session: Session) -> 
 
 
 def _apply(client: MlflowClient, result: GateResult, session: Session) -> GateResult:
-    model, alias = result.policy.model, result.policy.alias
-    version, displaced = result.candidate_version, result.production_version
+    model, alias = result.policy.model, result.moved_alias
+    canary = result.canary
+    version = result.candidate_version
+    displaced = canary.canary_before if canary else result.production_version
     kept = previous_alias(alias)
+    before = canary.replaces.to_json() if canary and canary.replaces else None
     op = Operation(client, Intent(
         operation=session.operation, kind="gate", model=model, alias=alias, previous_alias=kept,
         source=displaced, target=version, previous_source=session.aliases.get(kept),
         previous_target=displaced, started_at=records.utc_now(),
-        holder=result.trigger.describe(), policy=result.policy.path))
+        holder=result.trigger.describe(), policy=result.policy.path,
+        **({} if canary is None else {
+            "rollout_alias": result.policy.alias, "rollout_before": before,
+            "rollout_after": canary.state.to_json(), "outcome": "canary"})))
     op.begin()
     entry = _entry(result, outcome="pending", operation=session.operation)
     run: store.RecordRun | None = None
-    wrote_previous = False
+    undo: list[Step] = []
     try:
         run = store.open_run(client, entry, result.trigger)
         session.run_id = run.run_id
@@ -164,29 +190,63 @@ def _apply(client: MlflowClient, result: GateResult, session: Session) -> GateRe
         # which is what makes an interruption visible.
         registry.set_tags(client, model, version, {
             records.DECISION: "pending", **entry.version_tags(result.trigger, run.run_id)})
-        now = registry.alias_version(client, model, alias)
-        if now != displaced:
-            _conflict(client, op, replace(result, conflict=True, conflict_version=now), run)
+        _recheck(client, op, result, run)
         if displaced is not None:
-            wrote_previous = True
+            undo.append((f"@{kept} put back", partial(
+                registry.point_alias, client, model, kept, op.intent.previous_source)))
             registry.set_alias(client, model, kept, displaced)
+        if canary is not None:
+            undo.append(("the rollout state put back", partial(
+                rollouts.write_state, client, model, result.policy.alias, before)))
+            rollouts.write_state(client, model, result.policy.alias, canary.state.to_json())
         op.move(alias, version)
     except GateConflict:
         raise
     except RegistryError as exc:
-        _nothing_moved(client, op, run, exc, undo_previous=wrote_previous)
+        _nothing_moved(client, op, run, exc, undo)
     result = replace(result, applied=op.moved is True)
     if op.moved is None:
         raise GateIncomplete(replace(result, missing=(f"@{alias}: its write got no answer",)))
     missing = op.finish([
-        (f"the `promoted` tag on version {version}",
-         partial(registry.set_tags, client, model, version, {records.DECISION: "promoted"})),
+        (f"the `{result.outcome}` tag on version {version}",
+         partial(registry.set_tags, client, model, version, {records.DECISION: result.outcome})),
+        *_replaced_rollout(client, result),
         (f"the decision record (run {run.run_id})" if run else "the decision record",
          partial(_close, client, run, result, _entry(result, operation=session.operation))),
     ])
     if missing:
         raise GateIncomplete(replace(result, missing=missing))
     return result
+
+
+def _recheck(client: MlflowClient, op: Operation, result: GateResult,
+             run: store.RecordRun) -> None:
+    """Re-read what the decision was made against; moved since, it is a conflict (exit 3)."""
+    model, alias = result.policy.model, result.policy.alias
+    if result.canary is None:
+        now = registry.alias_version(client, model, alias)
+        if now != result.production_version:
+            _conflict(client, op, replace(result, conflict=True, conflict_version=now), run)
+        return
+    aliases = journal.read_state(client, model).aliases
+    for name, read in ((alias, result.production_version),
+                       (result.canary.state.canary_alias, result.canary.canary_before)):
+        if aliases.get(name) != read:
+            _conflict(client, op, replace(result, conflict=True, conflict_alias=name,
+                                          conflict_version=aliases.get(name)), run)
+
+
+def _replaced_rollout(client: MlflowClient, result: GateResult) -> list[Step]:
+    """A rollout of another version that the new one replaces is recorded as aborted."""
+    canary = result.canary
+    old = canary.replaces if canary is not None else None
+    if old is None or old.version == result.candidate_version:
+        return []
+    return [(f"the `aborted` tag on version {old.version}", partial(
+        registry.set_tags, client, result.policy.model, old.version, {
+            records.DECISION: "aborted",
+            records.REASON: f"its rollout was replaced by one of version "
+                            f"{result.candidate_version}"}))]
 
 
 def _conflict(client: MlflowClient, op: Operation, result: GateResult,
@@ -204,15 +264,14 @@ def _conflict(client: MlflowClient, op: Operation, result: GateResult,
 
 
 def _nothing_moved(client: MlflowClient, op: Operation, run: store.RecordRun | None,
-                   exc: RegistryError, *, undo_previous: bool) -> NoReturn:
-    """A registry failure before the move: undo `-previous`, close the record as interrupted,
-    and say so first (exit 3). What cannot be done now, the next command's recovery does."""
+                   exc: RegistryError, undo: list[Step]) -> NoReturn:
+    """A registry failure before the move: undo what was written before it (-previous, a
+    rollout's state), close the record as interrupted, and say so first (exit 3). What cannot
+    be done now, the next command's recovery does."""
     intent = op.intent
     reason = f"interrupted before @{intent.alias} moved ({exc}); nothing moved"
-    steps = [(f"@{intent.previous_alias} put back", partial(
-        registry.point_alias, client, intent.model, intent.previous_alias,
-        intent.previous_source))] if undo_previous else []
-    if run is not None:
+    steps = list(reversed(undo))
+    if run is not None and intent.target is not None:
         steps += [("the candidate's tag", partial(
             registry.set_tags, client, intent.model, intent.target,
             {records.DECISION: INTERRUPTED, records.REASON: reason})),

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 from promotion import registry
 from promotion.engine import records
 from promotion.engine.intent import Intent, State, assess
-from promotion.registry import journal
+from promotion.engine.rollout import RolloutState, state_tag
+from promotion.registry import journal, rollouts
 from promotion.registry import records as store
 
 if TYPE_CHECKING:
@@ -32,27 +33,32 @@ class Recovery:
     note: str  # what was done, for the command's output
 
 
-def recover(client: MlflowClient, intent: Intent, aliases: dict[str, str]) -> Recovery:
+# What an applied operation's target is recorded as, and its record's outcome, by kind.
+APPLIED = {"gate": "promoted", "rollback": "rollback", "step": "advanced", "abort": "aborted"}
+
+
+def recover(client: MlflowClient, intent: Intent, model: journal.ModelState) -> Recovery:
     """Bring the registry to the state the interrupted operation's completion (or clean
     abandonment) leaves, clear the intent, and say what was done."""
-    state = assess(intent, aliases.get(intent.alias))
+    aliases = model.aliases
+    state = assess(intent, model.standing)
     when = records.utc_now()
     if state == "applied":
-        _complete(client, intent, aliases, when)
-        recorded = (f"version {intent.target} is recorded as promoted" if intent.kind == "gate"
-                    else "it is recorded as a rollback")
+        _complete(client, intent, model, when)
+        outcome = intent.outcome or APPLIED[intent.kind]
+        recorded = (f"version {intent.target} is recorded as {outcome}" if intent.kind == "gate"
+                    else f"it is recorded as {'a rollback' if outcome == 'rollback' else outcome}")
         note = f"{intent.describe} had moved @{intent.alias}: {recorded} (completed at {when})"
     elif state == "not_applied":
-        _close_unmoved(client, intent, aliases, when, INTERRUPTED,
+        _close_unmoved(client, intent, model, when, INTERRUPTED,
                        "interrupted before the alias moved; nothing moved")
         note = f"{intent.describe} had moved nothing; recorded as interrupted"
     else:
-        _close_unmoved(client, intent, aliases, when, SUPERSEDED,
-                       f"superseded: @{intent.alias} was moved to "
-                       f"{aliases.get(intent.alias, 'nothing')} outside Promote meanwhile",
-                       undo_previous=False)
-        note = (f"{intent.describe} was superseded: @{intent.alias} now points at "
-                f"{aliases.get(intent.alias, 'nothing')}; recorded as superseded")
+        where = ("its rollout state was changed" if intent.kind == "step" else
+                 f"@{intent.alias} was moved to {aliases.get(intent.alias, 'nothing')}")
+        _close_unmoved(client, intent, model, when, SUPERSEDED,
+                       f"superseded: {where} outside Promote meanwhile", undo_previous=False)
+        note = f"{intent.describe} was superseded: {where}; recorded as superseded"
     journal.clear_intent(client, intent.model)
     return Recovery(intent, state, note)
 
@@ -67,21 +73,40 @@ def _records(client: MlflowClient, intent: Intent, outcome: str, reason: str, *,
         store.set_run_outcome(client, runs[0], outcome, reason, failed=failed)
 
 
-def _complete(client: MlflowClient, intent: Intent, aliases: dict[str, str], when: str) -> None:
-    model = intent.model
+def _complete(client: MlflowClient, intent: Intent, model: journal.ModelState,
+              when: str) -> None:
+    aliases, name = model.aliases, intent.model
     if intent.previous_target is not None and aliases.get(intent.previous_alias) != \
             intent.previous_target:
-        registry.set_alias(client, model, intent.previous_alias, intent.previous_target)
+        registry.set_alias(client, name, intent.previous_alias, intent.previous_target)
     note = f"completed at {when} by a later command: @{intent.alias} points here"
+    _rollout_state(client, intent, model, intent.rollout_after)
+    if intent.retire is not None and intent.retire in aliases:
+        registry.delete_alias(client, name, intent.retire)
+    outcome = intent.outcome or APPLIED[intent.kind]
     if intent.kind == "gate":
-        registry.set_tags(client, model, intent.target,
-                          {records.DECISION: "promoted", records.RESOLVED: note})
-        _records(client, intent, "promoted", note, failed=False)
+        assert intent.target is not None
+        registry.set_tags(client, name, intent.target,
+                          {records.DECISION: outcome, records.RESOLVED: note})
+        displaced = superseded_canary(intent.rollout_before, intent.target)
+        if displaced is not None:
+            registry.set_tags(client, name, displaced, {
+                records.DECISION: "aborted",
+                records.REASON: f"its rollout was replaced by one of version {intent.target}"})
+        _records(client, intent, outcome, note, failed=False)
         return
-    registry.set_tags(client, model, intent.target,
+    if intent.kind in ("step", "abort"):
+        if intent.kind == "abort" and intent.source is not None:
+            registry.set_tags(client, name, intent.source, {
+                records.DECISION: "aborted", records.RESOLVED: note})
+        _records(client, intent, outcome, f"rollout of @{intent.alias}: {outcome}; {note}",
+                 failed=False)
+        return
+    assert intent.target is not None
+    registry.set_tags(client, name, intent.target,
                       {records.DECISION: "restored", records.RESOLVED: note})
     if intent.source is not None:
-        registry.set_tags(client, model, intent.source, {
+        registry.set_tags(client, name, intent.source, {
             records.DECISION: "rolled_back",
             records.REASON: f"replaced by version {intent.target} in a rollback of "
                             f"@{intent.alias}"})
@@ -89,15 +114,37 @@ def _complete(client: MlflowClient, intent: Intent, aliases: dict[str, str], whe
              f"{intent.source} to version {intent.target}; {note}", failed=False)
 
 
-def _close_unmoved(client: MlflowClient, intent: Intent, aliases: dict[str, str], when: str,
+def _rollout_state(client: MlflowClient, intent: Intent, model: journal.ModelState,
+                   value: str | None) -> None:
+    """Put the rollout state tag the operation names where it must be (absent: None)."""
+    if intent.rollout_alias is None:
+        return
+    if model.tags.get(state_tag(intent.rollout_alias)) != value:
+        rollouts.write_state(client, intent.model, intent.rollout_alias, value)
+
+
+def superseded_canary(before: str | None, target: str | None) -> str | None:
+    """The version a new rollout displaced from the canary alias (recorded as aborted)."""
+    state = RolloutState.from_json(before) if before else None
+    return state.version if state is not None and state.version != target else None
+
+
+def _close_unmoved(client: MlflowClient, intent: Intent, model: journal.ModelState, when: str,
                    outcome: str, why: str, *, undo_previous: bool = True) -> None:
-    model = intent.model
-    if undo_previous and intent.kind == "gate" and \
-            aliases.get(intent.previous_alias) != intent.previous_source:
-        # A gate writes -previous before the alias: put it back where it was.
-        registry.point_alias(client, model, intent.previous_alias, intent.previous_source)
-    if intent.kind == "gate":
-        registry.set_tags(client, model, intent.target, {
+    aliases, name = model.aliases, intent.model
+    if undo_previous and intent.kind == "gate":
+        # A gate writes -previous (and a rollout's state) before the alias: put them back.
+        if aliases.get(intent.previous_alias) != intent.previous_source:
+            registry.point_alias(client, name, intent.previous_alias, intent.previous_source)
+        _rollout_state(client, intent, model, intent.rollout_before)
+    if intent.kind == "gate" and intent.target is not None and intent.record_kind == "rollout":
+        # The last step of a rollout that did not move: the rollout goes on.
+        registry.set_tags(client, name, intent.target, {
+            records.DECISION: "canary",
+            records.REASON: f"its promotion was {why} (at {when}); the rollout goes on: "
+                            f"`{intent.finish_hint()}` judges its last step again"})
+    elif intent.kind == "gate" and intent.target is not None:
+        registry.set_tags(client, name, intent.target, {
             records.DECISION: outcome,
             records.REASON: f"{why} (at {when}); gate this version again to decide it"})
     _records(client, intent, outcome, why, failed=True)

@@ -125,7 +125,7 @@ def _plan(client: MlflowClient, model: str, alias: str, aliases: dict[str, str],
 
 def _completed(client: MlflowClient, intent: Intent, note: str) -> RollbackResult:
     return RollbackResult(model=intent.model, alias=intent.alias,
-                          restored_version=intent.target, displaced_version=intent.source,
+                          restored_version=intent.target or "?", displaced_version=intent.source,
                           dry_run=False, decided_at=records.utc_now(),
                           trigger=Trigger.from_env(), tracking_uri=describe_uri(client),
                           applied=True, completed=note)

@@ -10,6 +10,7 @@ from promotion import registry
 from promotion.engine import records
 from promotion.engine.intent import assess
 from promotion.engine.results import History, Interrupted, ModelStatus, VersionStatus
+from promotion.engine.rollout import rollouts_in
 from promotion.errors import InvalidInput
 from promotion.policy.model import DEFAULT_ALIAS
 from promotion.registry import journal, lease
@@ -34,14 +35,14 @@ def read_status(client: MlflowClient, model: str) -> ModelStatus:
     found = registry.parallel(calls)
     pending, latest, held, aliased = found[0], found[1], found[2], found[3:]
     interrupted = None if state.intent is None else Interrupted(
-        state.intent, assess(state.intent, aliases.get(state.intent.alias)))
+        state.intent, assess(state.intent, state.standing))
     by_version = {str(mv.version): mv for mv in [*aliased, *pending]}
     rows = [_version_status(mv, aliases) for mv in by_version.values()]
     rows.sort(key=lambda r: int(r.version), reverse=True)
     return ModelStatus(model=model, aliases=tuple(sorted(aliases.items())),
                        versions=tuple(rows), latest_version=latest,
                        tracking_uri=describe_uri(client), interrupted=interrupted,
-                       lease=_lease(held))
+                       lease=_lease(held), rollouts=rollouts_in(state.tags))
 
 
 def _lease(held: lease.LeaseInfo | None) -> str | None:

@@ -200,6 +200,28 @@ class LogStore:
         labels = [number if number is not None else text for _, _, number, text in found]
         return numeric_or_text(predictions), numeric_or_text(labels)
 
+    def paired(self, model: str, first: str, second: str, start: datetime, end: datetime, *,
+               max_rows: int = 100_000) -> tuple[numpy.ndarray, numpy.ndarray]:
+        """The predictions two versions of `model` made for the same logged rows (same request
+        id and row: a request and its shadow copy) in [start, end), at most `max_rows`, in the
+        order `first` logged them. Each is float64 when every value is a number, else an object
+        array of strings (class labels)."""
+        import sqlalchemy as sa
+
+        rows = tables().rows
+        a, b = rows.alias("a"), rows.alias("b")
+        query = (sa.select(a.c.prediction, a.c.prediction_json, b.c.prediction,
+                           b.c.prediction_json)
+                 .join_from(a, b, sa.and_(b.c.request_id == a.c.request_id, b.c.row == a.c.row,
+                                          b.c.model == a.c.model, b.c.version == second))
+                 .where(*_window(a, model, first, start, end))
+                 .order_by(a.c.id).limit(max_rows))
+        with self._database("read") as engine, engine.connect() as conn:
+            found = conn.execute(query).all()
+        one = [p if p is not None else other for p, other, _, _ in found]
+        two = [p if p is not None else other for _, _, p, other in found]
+        return numeric_or_text(one), numeric_or_text(two)
+
     def add_feedback(self, labels: Sequence[Label], *, source: str,
                      model: str | None = None) -> FeedbackResult:
         """Write a batch of labels, all or nothing (see promotion.monitoring.logfeedback).
@@ -227,7 +249,7 @@ class LogStore:
             engine.dispose()
 
 
-def _window(table: Table, model: str, version: str, start: datetime,
+def _window(table: Table | Any, model: str, version: str, start: datetime,
             end: datetime) -> list[ColumnElement[bool]]:
     return [table.c.model == model, table.c.version == version, table.c.at >= start,
             table.c.at < end]

@@ -3,11 +3,11 @@ that carry an operation's id (promotion.engine.intent says what they mean)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
-from promotion.engine.intent import INTENT_TAG, Intent
+from promotion.engine.intent import INTENT_TAG, Intent, standing
 from promotion.engine.records import OPERATION
 from promotion.registry.client import registry_errors, unless_missing
 from promotion.registry.records import search_records
@@ -19,17 +19,25 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ModelState:
-    """A registered model's aliases and the intent left on it, read in one request."""
+    """A registered model's aliases, its tags (the rollout states) and the intent left on it,
+    read in one request."""
 
     aliases: dict[str, str]
     intent: Intent | None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def standing(self) -> str | None:
+        """Where the intent's operation stands now (promotion.engine.intent.standing)."""
+        return None if self.intent is None else standing(self.intent, self.aliases, self.tags)
 
 
 def read_state(client: MlflowClient, model: str) -> ModelState:
     rm = registered_model(client, model)
     tags = dict(rm.tags or {})
     intent = Intent.from_json(tags[INTENT_TAG]) if INTENT_TAG in tags else None
-    return ModelState({str(k): str(v) for k, v in (rm.aliases or {}).items()}, intent)
+    return ModelState({str(k): str(v) for k, v in (rm.aliases or {}).items()}, intent,
+                      {str(k): str(v) for k, v in tags.items()})
 
 
 def write_intent(client: MlflowClient, intent: Intent) -> None:

@@ -18,6 +18,7 @@ from promotion.engine.records import EXPERIMENT
 from promotion.engine.results import GateResult, RollbackResult
 from promotion.errors import redact
 from promotion.report.chart import ChartRow, chart_png
+from promotion.report.rollout import state_json
 from promotion.report.text import (
     DASH,
     document,
@@ -35,9 +36,10 @@ _HEADLINE = {
     "inconclusive": "INCONCLUSIVE",
     "already": "ALREADY IN PLACE",
     "conflict": "CONFLICT",
+    "canary": "ROLLOUT STARTED",
 }
 _ICON = {"promoted": "✅", "rejected": "❌", "inconclusive": "⚠️", "already": "✅",
-         "conflict": "⛔", "rollback": "↩️"}
+         "conflict": "⛔", "rollback": "↩️", "canary": "🐤"}
 
 
 def _difference(rule: RuleResult) -> str:
@@ -110,6 +112,8 @@ def to_json(result: GateResult | RollbackResult) -> dict[str, Any]:
         "rules": [_rule_json(r) for r in d.rules],
         "evaluation": None if result.evaluation is None else {
             "data_sha256": result.evaluation.data_sha256, "rows": result.evaluation.rows},
+        "rollout": None if result.canary is None else state_json(result.canary.state),
+        "moved_alias": result.moved_alias,
     }
     return {**_decision_document(result, "gate", model=d.model, alias=d.alias,
                                  previous_alias=result.policy.previous_alias,
@@ -125,23 +129,41 @@ def _headline(result: GateResult) -> str:
     d, alias = result.decision, result.decision.alias
     v, p = result.candidate_version, result.production_version
     word = _HEADLINE[result.outcome]
+    canary = result.canary
     if result.dry_run:
         would = {"promoted": f"WOULD PROMOTE version {v} to @{alias}",
+                 "canary": f"WOULD START A ROLLOUT: {_started(result)}",
                  "already": f"version {v} already holds @{alias}"}
-        return f"DRY RUN: {would.get(d.outcome, f'{word}: version {v} would stay out')}" \
+        return f"DRY RUN: {would.get(result.outcome, f'{word}: version {v} would stay out')}" \
                " (nothing was written)"
     if result.missing and not result.applied:
-        return (f"UNKNOWN: @{alias} may have moved to version {v} (its write got no answer); "
-                "the next gate or `promote status` tells")
+        return (f"UNKNOWN: @{result.moved_alias} may have moved to version {v} (its write got "
+                "no answer); the next gate or `promote status` tells")
+    if result.outcome == "canary" and canary is not None:
+        return f"{word}: {_started(result)}; @{alias} stays on {version_or_none(p)} until " \
+               f"`promote rollout {result.policy.path}` promotes it"
     if result.outcome == "promoted":
         kept = f"; @{result.policy.previous_alias} -> version {p}" if p else ""
         return f"{word}: @{alias} -> version {v}{kept}"
     if result.outcome == "already":
-        return f"{word}: version {v} already holds @{alias}; nothing moved"
+        what = d.reasons[0] if d.reasons else f"version {v} already holds @{alias}"
+        return f"{word}: {what}; nothing moved"
     if result.outcome == "conflict":
-        return (f"{word}: @{alias} moved to {version_or_none(result.conflict_version)} while "
-                "deciding; nothing moved")
+        return (f"{word}: @{result.conflict_alias or alias} moved to "
+                f"{version_or_none(result.conflict_version)} while deciding; nothing moved")
     return f"{word}: @{alias} stays on {version_or_none(p)}"
+
+
+def _started(result: GateResult) -> str:
+    """The rollout a pass starts, in words."""
+    assert result.canary is not None
+    state = result.canary.state
+    how = "answered by it" if state.mode == "canary" else "mirrored to it"
+    replaced = result.canary.replaces
+    ends = f" (it replaces the rollout of version {replaced.version})" \
+        if replaced is not None and replaced.version != state.version else ""
+    return (f"@{state.canary_alias} -> version {state.version}, step 1 of {len(state.steps)}: "
+            f"{state.share * 100:g}% of requests {how} ({state.mode}){ends}")
 
 
 def _record_line(run_id: str) -> str:
@@ -171,7 +193,7 @@ def table(result: GateResult) -> str:
         lines.append("")
     lines.append(_headline(result))
     lines.extend(_missing_lines(result))
-    if result.outcome not in ("promoted", "already"):
+    if result.outcome not in ("promoted", "already", "canary"):
         lines.extend(f"  - {reason}" for reason in d.reasons)
     if result.record_run_id:
         lines.append(_record_line(result.record_run_id))
@@ -228,7 +250,7 @@ def markdown(result: GateResult | RollbackResult, chart: str | None = None) -> s
                   + ("candidate − Production [CI] | " if ci else "") + "bound | result | reason |",
                   "|---|---:|---:|" + ("---:|" if ci else "") + "---:|---|---|"]
         lines += ["| " + " | ".join(md(cell) for cell in row) + " |" for row in rows]
-    if result.outcome not in ("promoted", "already"):
+    if result.outcome not in ("promoted", "already", "canary"):
         lines += ["", "**Why:**", *[f"- {md(reason)}" for reason in d.reasons]]
     if result.missing:
         lines += ["", "**Record incomplete** (the model's next gate or rollback completes it):",

@@ -6,8 +6,9 @@ import os
 import uuid
 from collections.abc import Mapping
 
-from promotion.engine.results import GateResult, WatchResult
+from promotion.engine.results import GateResult, RolloutResult, WatchResult
 from promotion.report.decision import markdown
+from promotion.report.rollout import markdown as rollout_markdown
 from promotion.report.watch import markdown as watch_markdown
 
 
@@ -53,4 +54,15 @@ def write_github_watch(result: WatchResult, env: Mapping[str, str] | None = None
     _write(env, watch_markdown(result), {
         "outcome": result.outcome, "action": result.action,
         "version": result.decision.version if result.decision else "",
+        "dry_run": "true" if result.dry_run else "false"})
+
+
+def write_github_rollout(result: RolloutResult, env: Mapping[str, str] | None = None) -> None:
+    """Inside GitHub Actions: the step's table in the job summary; the action as outputs."""
+    state = result.advanced_to or result.state
+    _write(env, rollout_markdown(result), {
+        "action": f"{result.action}-incomplete" if result.missing else result.action,
+        "version": result.state.version if result.state else "",
+        "step": str(state.step + 1) if state else "",
+        "share": f"{state.share:g}" if state else "",
         "dry_run": "true" if result.dry_run else "false"})

@@ -6,6 +6,7 @@ from typing import Any
 
 from promotion.engine.results import History, ModelStatus
 from promotion.errors import redact
+from promotion.report.rollout import state_json
 from promotion.report.text import DASH, document, grid, shown, version_or_none
 
 
@@ -23,6 +24,8 @@ def status_table(status: ModelStatus) -> str:
                        [[v.version, " ".join(f"@{a}" for a in v.aliases) or DASH,
                          v.decision or "(none)", v.decided_at or DASH,
                          shown(v.compared_to), v.reason or DASH] for v in status.versions])
+    for r in status.rollouts:
+        lines.append(f"ROLLOUT of @{r.alias}: {r.describe()}")
     for v in status.pending:
         lines.append(f"PENDING version {v.version}: {v.note}")
     if status.interrupted is not None:
@@ -41,6 +44,7 @@ def status_json(status: ModelStatus) -> dict[str, Any]:
                       "reason": v.reason, "note": v.note} for v in status.versions],
         "interrupted": _interrupted(status),
         "lease": status.lease,
+        "rollouts": {r.alias: state_json(r) for r in status.rollouts},
     }, status.tracking_uri)
 
 

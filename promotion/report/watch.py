@@ -49,7 +49,8 @@ def headline(result: WatchResult) -> str:
     return f"{head} ({window}): {act}"
 
 
-def _rows(checks: tuple[WatchCheck, ...]) -> list[list[str]]:
+def watch_rows(checks: tuple[WatchCheck, ...]) -> list[list[str]]:
+    """The cells of a table of checks: rule, live, reference, bound, status, reason."""
     return [[c.label, shown(c.live), shown(c.reference), shown(c.bound), _STATUS[c.status],
              c.reason] for c in checks]
 
@@ -58,7 +59,7 @@ def table(result: WatchResult) -> str:
     lines = [headline(result)]
     if result.decision is not None and result.decision.checks:
         lines += ["", *grid(["rule", "live", "reference", "bound", "status", "reason"],
-                            _rows(result.decision.checks), right=(1, 2, 3))]
+                            watch_rows(result.decision.checks), right=(1, 2, 3))]
     facts = result.facts
     if facts is not None:
         lines += ["", _live_line(facts.live)]
@@ -85,7 +86,7 @@ def markdown(result: WatchResult) -> str:
         out += ["| rule | live | reference | bound | status | reason |",
                 "|---|---:|---:|---:|---|---|"]
         out += ["| " + " | ".join(md(cell) for cell in row) + " |"
-                for row in _rows(result.decision.checks)]
+                for row in watch_rows(result.decision.checks)]
         out.append("")
     if result.facts is not None:
         out += [md(_live_line(result.facts.live)), ""]
@@ -131,12 +132,9 @@ def to_dict(result: WatchResult) -> dict[str, Any]:
         "in_bake": d.in_bake if d else False,
         "why_not_rollback": d.why_not_rollback if d else None,
         "summary": d.summary if d else result.note,
-        "checks": [{"rule": c.rule, "kind": c.kind, "status": c.status,
-                    "live": number(c.live), "reference": number(c.reference),
-                    "bound": number(c.bound), "subject": c.subject, "reason": c.reason}
-                   for c in (d.checks if d else ())],
-        "live": _live_dict(facts.live) if facts else None,
-        "baseline": _live_dict(facts.baseline) if facts and facts.baseline else None,
+        "checks": checks_json(d.checks if d else ()),
+        "live": live_json(facts.live) if facts else None,
+        "baseline": live_json(facts.baseline) if facts and facts.baseline else None,
         "previous_version": facts.previous_version if facts else None,
         "rolled_back_to": result.rollback.restored_version if result.rollback else None,
         "record_run_id": result.record_run_id,
@@ -147,7 +145,13 @@ def to_dict(result: WatchResult) -> dict[str, Any]:
     return document("watch", result.policy.model, fields, result.tracking_uri)
 
 
-def _live_dict(live: LiveFacts) -> dict[str, Any]:
+def checks_json(checks: tuple[WatchCheck, ...]) -> list[dict[str, Any]]:
+    return [{"rule": c.rule, "kind": c.kind, "status": c.status, "live": number(c.live),
+             "reference": number(c.reference), "bound": number(c.bound), "subject": c.subject,
+             "reason": c.reason} for c in checks]
+
+
+def live_json(live: LiveFacts) -> dict[str, Any]:
     return {
         "version": live.version, "requests": live.requests, "rows": live.rows,
         "error_rate": number(live.error_rate), "latency_p50_ms": number(live.latency_p50_ms),

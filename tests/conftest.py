@@ -309,3 +309,21 @@ def model_name(request: pytest.FixtureRequest) -> str:
     """A registered-model name of this test's own, so tests never see each other's state."""
     base = request.node.name.replace("[", "-").replace("]", "")[:60]
     return f"t-{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def proxy(mlflow_server: str) -> Iterator[object]:
+    """A fault-injecting proxy in front of the test server (tests/faultproxy.py), per module."""
+    from faultproxy import FaultProxy
+
+    with FaultProxy(mlflow_server) as p:
+        yield p
+
+
+@pytest.fixture
+def fast_failures(tracking_uri, monkeypatch):
+    """A dead server fails at once: no client retries, no pause between Promote's own."""
+    from promotion.gate import operation
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setattr(operation, "RETRY_DELAYS", (0.0, 0.0))

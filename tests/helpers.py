@@ -147,3 +147,17 @@ def promote(args: Sequence[str], env: Mapping[str, str] | None = None,
     return subprocess.Popen([sys.executable, "-m", "promotion", *args], cwd=REPO,
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+
+
+def decision_runs(client, model: str) -> list[tuple[str, str, str]]:
+    """(kind, outcome, run status) of every decision record run of `model`, deleted ones aside."""
+    from promotion.engine import records as record
+
+    exp = client.get_experiment_by_name(record.EXPERIMENT)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id],
+                              filter_string=f"tags.`{record.MODEL_KEY}` = "
+                                            f"'{record.model_key(model)}'")
+    return [(r.data.tags.get(record.KIND, ""), r.data.tags.get(record.OUTCOME, ""),
+             r.info.status) for r in runs]

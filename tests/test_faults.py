@@ -25,12 +25,11 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from faultproxy import Callback, DownFrom, DropResponse, FaultProxy, ResetOnce, Status
-from helpers import add_version, aliases, write_policy
+from helpers import add_version, aliases, decision_runs, write_policy
 
 from promotion.cli import run
 from promotion.engine import records as record
@@ -39,19 +38,6 @@ from promotion.gate import operation
 from promotion.registry.lease import is_live, read_lease
 
 pytestmark = pytest.mark.mlflow
-
-
-@pytest.fixture(scope="module")
-def proxy(mlflow_server: str) -> Iterator[FaultProxy]:
-    with FaultProxy(mlflow_server) as p:
-        yield p
-
-
-@pytest.fixture
-def fast_failures(tracking_uri, monkeypatch):
-    """A dead server fails at once: no client retries, no pause between Promote's own."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setattr(operation, "RETRY_DELAYS", (0.0, 0.0))
 
 
 @dataclass
@@ -102,17 +88,6 @@ def _run(proxy: FaultProxy, case: Case, capsys) -> tuple[int, str, str]:
     return code, out, err
 
 
-def _decisions(client, model: str) -> list[tuple[str, str, str]]:
-    exp = client.get_experiment_by_name(record.EXPERIMENT)
-    if exp is None:
-        return []
-    runs = client.search_runs([exp.experiment_id],
-                              filter_string=f"tags.`{record.MODEL_KEY}` = "
-                                            f"'{record.model_key(model)}'")
-    return [(r.data.tags.get(record.KIND, ""), r.data.tags.get(record.OUTCOME, ""),
-             r.info.status) for r in runs]
-
-
 def _check_point(client, case: Case, code: int, err: str) -> str:
     """The invariants right after the faulted command; returns where the alias is."""
     where = aliases(client, case.model).get("Production")
@@ -144,7 +119,7 @@ def _check_converged(client, proxy: FaultProxy, case: Case, capsys, *, strict: b
     assert INTENT_TAG not in (rm.tags or {}), rm.tags
     held = read_lease(client, case.model)
     assert held is None or (not strict and not is_live(held)), held
-    decisions = _decisions(client, case.model)
+    decisions = decision_runs(client, case.model)
     if strict:
         assert all(status != "RUNNING" for _, _, status in decisions), decisions
         assert all(outcome != "pending" for _, outcome, _ in decisions), decisions

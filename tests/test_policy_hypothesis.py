@@ -7,6 +7,7 @@ replaced (reaches the rules between keys).
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -26,7 +27,9 @@ WORDS = ["model", "alias", "candidate", "when_no_production", "metrics", "requir
          "evaluation", "budgets", "rmse", "r2", "goal", "minimize", "maximize", "min", "max",
          "min_improvement", "max_regression", "source", "significant", "data", "target",
          "latency_p95_ms", "size_mb", "max_increase", "test_size", "latest", "@x", "1%", "70",
-         "-1", ".nan", ".inf", "true", "yes", "null", "~", "sklearn:load_diabetes", "data.csv"]
+         "-1", ".nan", ".inf", "true", "yes", "null", "~", "sklearn:load_diabetes", "data.csv",
+         "rollout", "mode", "canary", "shadow", "steps", "step_after", "agreement", "tolerance",
+         "30m", "0%", "100%"]
 TOKENS = [*WORDS, ":", ": ", "-", "- ", "[", "]", "{", "}", ",", "#", "&a", "*a", "!!", "!x",
           "!!python/object:os.system", "<<", "'", '"', "|", ">", "%", "@", "?", "---", "...",
           "\n", "\n  ", "\n    ", "\t", " ", "\x00", "\ufeff", "é", "\x85"]
@@ -116,4 +119,48 @@ def mutated_example(draw: st.DrawFn) -> dict[str, Any]:
 @SETTINGS
 @given(mutated_example())
 def test_mutated_example(data: dict[str, Any]) -> None:
+    check(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
+
+
+ROLLOUT: dict[str, Any] = {
+    "model": "m",
+    "candidate": "@challenger",
+    "metrics": {"rmse": {"goal": "minimize", "max": 70}},
+    "rollout": {
+        "alias": "Production-canary",
+        "mode": "shadow",
+        "steps": ["5%", "25%", 0.5],
+        "step_after": "30m",
+        "rules": {
+            "error_rate": {"max": "1%", "max_increase": "0.5%"},
+            "rmse": {"source": "live", "max_regression": "2%"},
+            "agreement": {"min": 0.9, "tolerance": "5%", "min_rows": 100},
+        },
+    },
+}
+
+
+@st.composite
+def mutated_rollout(draw: st.DrawFn) -> dict[str, Any]:
+    """The rollout example with one key or step replaced, added or removed, anywhere in it."""
+    policy = copy.deepcopy(ROLLOUT)
+    rollout = policy["rollout"]
+    targets: list[Any] = [policy, rollout, rollout["steps"], rollout["rules"],
+                          *rollout["rules"].values()]
+    target = draw(st.sampled_from(targets))
+    if isinstance(target, list):
+        index = draw(st.integers(0, len(target)))
+        target[index:index + draw(st.integers(0, 1))] = [draw(nested)]
+        return policy
+    key = draw(st.one_of(st.sampled_from(sorted(target)), keys))
+    if draw(st.booleans()) and key in target:
+        del target[key]
+    else:
+        target[key] = draw(nested)
+    return policy
+
+
+@SETTINGS
+@given(mutated_rollout())
+def test_mutated_rollout(data: dict[str, Any]) -> None:
     check(yaml.safe_dump(data, allow_unicode=True, sort_keys=False))

@@ -7,7 +7,8 @@ a JSON Schema cannot see, and the reason is stated in the fixture:
 - the YAML cannot be read into data at all (syntax, several documents, unsafe tags, alias bombs,
   duplicate keys - a JSON object cannot even hold those), so there is nothing to give the schema;
 - JSON has no NaN or infinity, so `type: number` cannot exclude them;
-- a rule compares two values (min <= max, candidate alias != guarded alias);
+- a rule compares two values (min <= max, candidate alias != guarded alias, a rollout's canary
+  alias != guarded alias, a rollout's steps increasing);
 - a rule depends on the file system (evaluation.data must exist).
 
 For those that do read into data, the test checks the schema indeed accepts them, so a marker
@@ -65,7 +66,7 @@ def test_schema_declares_draft_2020_12() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert set(schema["properties"]) == {"model", "alias", "candidate", "when_no_production",
                                          "evaluation", "metrics", "require_tags", "budgets",
-                                         "watch"}
+                                         "watch", "rollout"}
 
 
 @pytest.mark.parametrize("path", VALID, ids=lambda p: p.stem)

@@ -105,9 +105,9 @@ def promote(client: MlflowClient, result: RolloutResult) -> RolloutResult:
         entry = _entry(result, "pending", alias, session.operation)
         undo: list[Step] = []
         try:
+            _recheck(client, op, result, session, run, guarded=True)
             registry.set_tags(client, model, state.version, {
                 records.DECISION: "pending", **entry.version_tags(result.trigger, run.run_id)})
-            _recheck(client, op, result, session, run, guarded=True)
             if displaced is not None:
                 undo.append((f"@{kept} put back", partial(
                     registry.point_alias, client, model, kept, op.intent.previous_source)))

@@ -7,7 +7,8 @@ The modules, from the file to the value:
     issues    Issue, PolicyError, Positions: where a problem is
     checks    the rules of single values, and their messages
     fields    each value type: its check plus its JSON Schema
-    schema    the pydantic models (the one schema), JSON Schema export, `validate`
+    schema    the pydantic models (the one schema), JSON Schema export, `validate`; its blocks
+              `watch:` and `rollout:` in watchschema and rolloutschema
     model     the frozen dataclasses the engine reads (Policy, MetricRule, ...)
     load      load_policy / parse_policy / policy_schema: the entry points
     listing   many policies at once: validate them all, list and select them

@@ -193,6 +193,28 @@ def rate(value: Any) -> float:
     return number
 
 
+MAX_STEPS = 10  # a rollout with more steps than this is a typo (each lasts at least step_after)
+
+
+def step_share(value: Any) -> float:
+    """One step of a rollout: its share of the traffic, above 0 and at most 1 (`5%` or `0.05`)."""
+    share = rate(value)
+    if share <= 0:
+        fail(f"a step's share must be above 0, got {describe(value)}")
+    return share
+
+
+def step_list(value: Any) -> Any:
+    """The steps of a rollout: a list of 1 to MAX_STEPS shares (each checked by `step_share`)."""
+    if not isinstance(value, list):
+        fail(f"expected a list of traffic shares like [5%, 25%, 50%], got {describe(value)}")
+    if not value:
+        fail("expected at least one step, e.g. [5%, 25%, 50%]")
+    if len(value) > MAX_STEPS:
+        fail(f"expected at most {MAX_STEPS} steps, got {len(value)}")
+    return value
+
+
 def one_of(*options: str) -> Callable[[Any], Any]:
     listed = " or ".join(f"'{o}'" for o in options) if len(options) <= 2 else \
         "one of " + ", ".join(f"'{o}'" for o in options)

@@ -15,6 +15,7 @@ from promotion.policy.checks import (
     MAX_ALIAS_LENGTH,
     MAX_GUARDED_ALIAS_LENGTH,
     MAX_MODEL_NAME_LENGTH,
+    MAX_STEPS,
     MAX_TAG_KEY_LENGTH,
     MAX_VERSION,
     SKLEARN_LOADERS,
@@ -33,10 +34,11 @@ from promotion.policy.checks import (
     one_of,
     positive_duration,
     rate,
+    step_share,
     string_value,
     tag_key,
 )
-from promotion.policy.model import Goal, Margin, Source, WhenNoProduction
+from promotion.policy.model import Goal, Margin, RolloutMode, Source, WhenNoProduction
 
 
 def _schema(json_schema: dict[str, Any], description: str) -> WithJsonSchema:
@@ -74,6 +76,7 @@ WhenNoProductionField = Annotated[WhenNoProduction, PlainValidator(one_of("promo
 Threshold = Annotated[float | None, PlainValidator(finite_number),
                       WithJsonSchema({"type": "number"})]
 MarginField = Annotated[Margin | None, PlainValidator(margin), WithJsonSchema(_MARGIN_SCHEMA)]
+Tolerance = Annotated[Margin, PlainValidator(margin), WithJsonSchema(_MARGIN_SCHEMA)]
 Flag = Annotated[bool, PlainValidator(boolean), WithJsonSchema({"type": "boolean"})]
 NonEmpty = Annotated[str, PlainValidator(non_empty), WithJsonSchema({"type": "string",
                                                                     "minLength": 1})]
@@ -107,9 +110,11 @@ Duration = Annotated[float, PlainValidator(duration), _schema(
 PositiveDuration = Annotated[float, PlainValidator(positive_duration), _schema(
     {**_DURATION_SCHEMA, "not": {"pattern": "^0+(\\.0+)?[smhd]$"}},
     "A duration above zero: a number and a unit, s, m, h or d ('15m', '2h').")]
-Rate = Annotated[float | None, PlainValidator(rate), WithJsonSchema(
-    {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1},
-               {"type": "string", "pattern": "^(100(\\.0+)?|[0-9]{1,2}(\\.[0-9]+)?)%$"}]})]
+_PERCENT_SHARE = "^(100(\\.0+)?|[0-9]{1,2}(\\.[0-9]+)?)%$"
+_RATE_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1},
+                          {"type": "string", "pattern": _PERCENT_SHARE}]}
+Rate = Annotated[float | None, PlainValidator(rate), WithJsonSchema(_RATE_SCHEMA)]
+Share = Annotated[float, PlainValidator(rate), WithJsonSchema(_RATE_SCHEMA)]
 Count = Annotated[int, PlainValidator(integer(1, 10**9)), WithJsonSchema(
     {"type": "integer", "minimum": 1, "maximum": 10**9})]
 OnBreach = Annotated[str, PlainValidator(one_of("rollback", "alert")), _schema(
@@ -120,3 +125,18 @@ Against = Annotated[str, PlainValidator(one_of("offline", "previous")), _schema(
     "offline: the version's own logged metric; previous: the displaced version's live value.")]
 LiveSource = Annotated[str, PlainValidator(one_of("live")), _schema(
     {"const": "live"}, "live: computed from the logged predictions joined to their labels.")]
+
+CanaryAlias = Annotated[str | None, PlainValidator(guarded_alias), _schema(
+    _ALIAS_SCHEMA, "The alias the candidate holds during its rollout (default: <alias>-canary).")]
+RolloutModeField = Annotated[RolloutMode, PlainValidator(one_of("canary", "shadow")), _schema(
+    {"enum": ["canary", "shadow"]},
+    "canary: the candidate answers each step's share of the requests; shadow: it scores a copy "
+    "of that share while Production answers every request.")]
+_STEP_SCHEMA = {"anyOf": [{"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                          {"type": "string", "pattern": _PERCENT_SHARE,
+                           "not": {"pattern": "^0+(\\.0+)?%$"}}]}
+StepShare = Annotated[float, PlainValidator(step_share), WithJsonSchema(_STEP_SCHEMA)]
+# The list as a whole (a list, 1 to MAX_STEPS items, not null) is checked by `checks.step_list`,
+# a field validator of the rollout; increasing is a rule of the rollout (rolloutschema).
+Steps = Annotated[list[StepShare], WithJsonSchema(
+    {"type": "array", "items": _STEP_SCHEMA, "minItems": 1, "maxItems": MAX_STEPS})]

@@ -59,6 +59,7 @@ from promotion.policy.model import (
     MetricRule,
     Policy,
 )
+from promotion.policy.rolloutschema import RolloutModel, rollout_problems, to_rollout
 from promotion.policy.section import Problems, Section, tidy
 from promotion.policy.watchschema import WatchModel, to_watch
 from promotion.policy.yamlfile import Document
@@ -198,8 +199,11 @@ class PolicyModel(Section):
     budgets: BudgetsModel | None = None
     watch: WatchModel | None = Field(
         None, description="How the version is watched live once promoted (promote watch).")
+    rollout: RolloutModel | None = Field(
+        None, description="How a candidate that passed earns the alias on live traffic first "
+                          "(promote rollout).")
 
-    _sections_not_null = field_validator("evaluation", "budgets", "watch",
+    _sections_not_null = field_validator("evaluation", "budgets", "watch", "rollout",
                                          mode="before")(no_null)
 
     @classmethod
@@ -229,7 +233,7 @@ def _section_problems(data: dict[str, Any]) -> Problems:
     if isinstance(candidate, str) and candidate == f"@{alias}":
         problems.append((("candidate",), f"the candidate cannot be the alias this policy "
                                          f"guards ({describe(candidate)})"))
-    return problems
+    return problems + rollout_problems(data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,6 +359,7 @@ def to_policy(model: PolicyModel, *, path: str, sha256: str,
         evaluation=_evaluation(model.evaluation) if model.evaluation else None,
         budgets=_budgets(model.budgets) if model.budgets else (),
         watch=to_watch(model.watch) if model.watch else None,
+        rollout=to_rollout(model.rollout, model.alias) if model.rollout else None,
         positions=positions,
     )
 

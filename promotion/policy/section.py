@@ -1,6 +1,6 @@
-"""The base of every mapping in the policy language, shared by promotion.policy.schema and
-promotion.policy.watchschema: unknown keys refused, values strict, cross-key `relations`, and the
-JSON Schema tidied of pydantic's noise.
+"""The base of every mapping in the policy language, shared by promotion.policy.schema,
+promotion.policy.watchschema and promotion.policy.rolloutschema: unknown keys refused, values
+strict, cross-key `relations`, and the JSON Schema tidied of pydantic's noise.
 """
 
 from __future__ import annotations

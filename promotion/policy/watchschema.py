@@ -18,6 +18,7 @@ Each rule has its own mapping type, so the JSON Schema names exactly which keys 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Literal, cast
 
 from pydantic import ConfigDict, Field, field_validator
@@ -82,19 +83,18 @@ class DriftRule(Section):
         return [] if "max" in data else [((), "needs max")]
 
 
-class LiveMetricRule(Section):
-    """A quality metric computed from logged predictions joined to their labels."""
+class LiveQualityRule(Section):
+    """A quality metric computed from logged predictions joined to their labels (the keys the
+    watch and a rollout share; a rollout's regression is always against Production)."""
 
     model_config = ConfigDict(json_schema_extra=lambda s: tidy(s, {
-        "required": ["source"], "dependentRequired": {"against": ["max_regression"]},
-        **_needs("min", "max", "max_regression")}))
+        "required": ["source"], **_needs("min", "max", "max_regression")}))
 
     source: LiveSource = Field(description="Must be 'live'.")
     min: Threshold = Field(None, description="Absolute lower bound (inclusive).")
     max: Threshold = Field(None, description="Absolute upper bound (inclusive).")
     max_regression: MarginField = Field(
         None, description="Worse than the reference by at most this: a number or 'N%'.")
-    against: Against = "offline"
 
     @classmethod
     def relations(cls, data: dict[str, Any]) -> Problems:
@@ -104,6 +104,21 @@ class LiveMetricRule(Section):
         low, high = data.get("min"), data.get("max")
         if is_real(low) and is_real(high) and low > high:
             problems.append((("min",), f"min {low:g} is greater than max {high:g}"))
+        return problems
+
+
+class LiveMetricRule(LiveQualityRule):
+    """A quality metric computed from logged predictions joined to their labels."""
+
+    model_config = ConfigDict(json_schema_extra=lambda s: tidy(s, {
+        "required": ["source"], "dependentRequired": {"against": ["max_regression"]},
+        **_needs("min", "max", "max_regression")}))
+
+    against: Against = "offline"
+
+    @classmethod
+    def relations(cls, data: dict[str, Any]) -> Problems:
+        problems = super().relations(data)
         if "against" in data and "max_regression" not in data:
             problems.append((("against",), "against only applies to max_regression"))
         return problems
@@ -159,9 +174,18 @@ class WatchModel(Section):
 
 def to_watch(model: WatchModel) -> Watch:
     """The frozen `Watch` of a validated block."""
+    return Watch(
+        rules=rules_of(model.rules, WatchRules.model_fields),
+        bake_seconds=model.bake, window_seconds=model.window,
+        min_requests=model.min_requests, min_labels=model.min_labels,
+        on_breach=cast(Literal["rollback", "alert"], model.on_breach))
+
+
+def rules_of(section: Section, names: Iterable[str]) -> tuple[WatchRule, ...]:
+    """The `WatchRule`s of the rules `names` of a validated rules mapping (those it has)."""
     rules = []
-    for name in WatchRules.model_fields:
-        rule = getattr(model.rules, name)
+    for name in names:
+        rule = getattr(section, name)
         if rule is None:
             continue
         rules.append(WatchRule(
@@ -169,9 +193,4 @@ def to_watch(model: WatchModel) -> Watch:
             max_increase=getattr(rule, "max_increase", None),
             max_regression=getattr(rule, "max_regression", None),
             against=cast(Literal["offline", "previous"], getattr(rule, "against", "offline"))))
-    return Watch(
-        rules=tuple(rules),
-        bake_seconds=model.bake, window_seconds=model.window,
-        min_requests=model.min_requests, min_labels=model.min_labels,
-        on_breach=cast(Literal["rollback", "alert"], model.on_breach))
-
+    return tuple(rules)

@@ -84,12 +84,12 @@ def model() -> str:
 
 def record(model: str, version: str | None = "1", *, rows: int = 0, at: datetime = T0,
            latency: float = 1.0, status: int = 200, inputs=None, predictions=None,
-           row_keys=None, request_id: str | None = None) -> RequestRecord:
+           row_keys=None, request_id: str | None = None, role: str = "answer") -> RequestRecord:
     outcome = "ok" if status < 400 else "client_error" if status < 500 else "model_error"
     if inputs is not None and not rows:
         rows = len(inputs)
     return RequestRecord(request_id or uuid.uuid4().hex, at, model, "Production", version, rows,
-                         latency, outcome, status, inputs, predictions, row_keys)
+                         latency, outcome, status, inputs, predictions, row_keys, role)
 
 
 def scored(model: str, version: str = "1", n: int = 2, at: datetime = T0, factor: float = 1.0,
@@ -572,12 +572,14 @@ def test_a_schema_1_log_gains_feedback_model_and_keeps_its_labels(tmp_path, mode
     store.add_feedback([Label(label=7.0, request_id="old")], source="test")
     # Back to schema 1, as a database written by that code would be.
     sql_write(store, "ALTER TABLE feedback DROP COLUMN model")
+    sql_write(store, "ALTER TABLE inference_requests DROP COLUMN role")
     sql_write(store, "UPDATE promote_log_schema SET version = 1")
     store.close()
     upgraded = LogStore(store.uri)
-    assert upgraded.migrate() == SCHEMA_VERSION == 2
-    columns = {c["name"] for c in sa.inspect(upgraded.engine()).get_columns("feedback")}
-    assert "model" in columns
+    assert upgraded.migrate() == SCHEMA_VERSION == 3
+    inspector = sa.inspect(upgraded.engine())
+    assert "model" in {c["name"] for c in inspector.get_columns("feedback")}
+    assert "role" in {c["name"] for c in inspector.get_columns("inference_requests")}
     _, labels = upgraded.labelled(model, "1", T0 - DAY, T0 + DAY)
     assert labels.tolist() == [7.0]
     upgraded.close()
@@ -596,3 +598,22 @@ def test_a_label_joins_only_its_own_models_rows(store, model):
 
 def labelled_of(store: LogStore, model: str) -> list:
     return store.labelled(model, "1", T0 - DAY, T0 + DAY)[1].tolist()
+
+
+def test_a_label_joins_each_versions_prediction_of_a_canary_or_shadowed_request(store, model):
+    """During a rollout one request can have several records: a canary's failed attempt, then
+    the primary's answer; or the answer and a shadow copy. They are one request: its label is
+    accepted and joins every version's prediction of the row."""
+    store.write([record(model, "2", request_id="tried", rows=1, role="attempt", status=500),
+                 scored(model, "1", request_id="tried", n=1),
+                 scored(model, "1", request_id="mirrored", n=2, factor=1.0),
+                 scored(model, "2", request_id="mirrored", n=2, factor=3.0, role="shadow")])
+    result = store.add_feedback([Label(1.0, "tried", 0), Label(2.0, "mirrored", 1)],
+                                source="test", model=model)
+    assert result.by_version == {"1": 2}  # the versions that answered
+    predictions, labels = store.labelled(model, "1", T0 - DAY, T0 + DAY)
+    assert (predictions.tolist(), labels.tolist()) == ([0.0, 1.0], [1.0, 2.0])
+    predictions, labels = store.labelled(model, "2", T0 - DAY, T0 + DAY)
+    assert (predictions.tolist(), labels.tolist()) == ([3.0], [2.0])  # the shadow's row 1
+    ours, theirs = store.paired(model, "1", "2", T0 - DAY, T0 + DAY)
+    assert (ours.tolist(), theirs.tolist()) == ([0.0, 1.0], [0.0, 3.0])

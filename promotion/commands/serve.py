@@ -63,10 +63,15 @@ from promotion.serve.server import (
                    "and counted.")
 @click.option("--row-key", default=None, metavar="COLUMN",
               help="An input column whose value identifies a row, for POST /feedback.")
+@click.option("--shadow-queue", default=ServeOptions.shadow_queue, show_default=True,
+              type=click.IntRange(min=1), metavar="N",
+              help="Request copies waiting for a shadow canary at most; beyond, they are "
+                   "dropped and counted.")
 def command(model: str, alias: str, host: str, port: int, poll_interval: float,
             max_body_bytes: int, request_timeout: float, scoring_threads: int,
             keep_alive: int, access_log: bool, log_uri: str, log_sample_rate: float,
-            log_max_rows: int, log_queue: int, row_key: str | None) -> ServeResult:
+            log_max_rows: int, log_queue: int, row_key: str | None,
+            shadow_queue: int) -> ServeResult:
     """Serve models:/MODEL@ALIAS over HTTP, following the alias as it moves.
 
     \b
@@ -82,6 +87,10 @@ def command(model: str, alias: str, host: str, port: int, poll_interval: float,
     When the alias moves (a promotion or a rollback), the new version is loaded in the
     background and swapped in atomically; a version that cannot be loaded never replaces
     a working one.
+
+    During a rollout (`promote gate` with a rollout: block), the canary alias's version
+    answers its share of requests (canary mode; X-Routing-Key keeps a client on one
+    version) or gets a copy of them (shadow mode); it never affects readiness.
 
     \b
     Exit codes: 0 stopped by SIGTERM, 2 unknown model or alias / port in use /
@@ -104,5 +113,5 @@ def command(model: str, alias: str, host: str, port: int, poll_interval: float,
                            request_timeout=request_timeout, scoring_threads=scoring_threads,
                            keep_alive=keep_alive, access_log=access_log, log_uri=uri,
                            log_sample_rate=log_sample_rate, log_max_rows=log_max_rows,
-                           log_queue=log_queue, row_key=row_key)
+                           log_queue=log_queue, row_key=row_key, shadow_queue=shadow_queue)
     return serve(options, tracking_uri())

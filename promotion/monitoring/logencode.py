@@ -31,7 +31,8 @@ def encode(records: Sequence[RequestRecord]) -> tuple[list[dict[str, Any]], list
             "request_id": record.request_id, "at": record.at, "model": record.model,
             "alias": record.alias, "version": record.version, "rows": int(record.rows),
             "latency_ms": float(record.latency_ms), "outcome": record.outcome,
-            "status": int(record.status), "sampled_rows": len(logged)})
+            "status": int(record.status), "sampled_rows": len(logged),
+            "role": None if record.role == "answer" else record.role})
         rows.extend(logged)
     return requests, rows
 

@@ -220,15 +220,18 @@ def _rows_by_key(conn: Connection, keys: set[str],
 
 
 def _requests(conn: Connection, request_ids: set[str]) -> dict[str, _Request]:
-    """request id -> its most recent logged request, and how many were logged under it."""
+    """request id -> its most recent logged answer, and how many were logged under it."""
     import sqlalchemy as sa
 
     requests = tables().requests
     found: dict[str, _Request] = {}
     for chunk in _chunks(request_ids):
+        # The answers only: a canary's failed attempt and a shadow copy are about the same
+        # request, not other requests under a reused id.
         query = (sa.select(requests.c.request_id, requests.c.rows, requests.c.outcome,
                            requests.c.version, requests.c.model)
-                 .where(requests.c.request_id.in_(chunk)).order_by(requests.c.id))
+                 .where(requests.c.request_id.in_(chunk), requests.c.role.is_(None))
+                 .order_by(requests.c.id))
         for request_id, rows, outcome, version, model in conn.execute(query):
             before = found.get(request_id)
             found[request_id] = _Request(int(rows), outcome, version,

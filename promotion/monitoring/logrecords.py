@@ -12,6 +12,10 @@ from datetime import datetime
 from typing import Any, Literal
 
 Outcome = Literal["ok", "client_error", "model_error"]
+# What a record is about its request: the answer the client got; a canary's failed attempt before
+# the primary answered instead; or a shadow copy scored by the canary off the request path. A
+# label joins the rows of every record of its request (each version's prediction of that row).
+Role = Literal["answer", "attempt", "shadow"]
 
 
 def outcome_of(status: int) -> Outcome:
@@ -39,6 +43,7 @@ class RequestRecord:
     inputs: Any = None  # sampled: a pandas DataFrame of at most max_rows rows, or None
     predictions: Any = None  # the raw predictions for those rows (ndarray/list/DataFrame), or None
     row_keys: tuple[str, ...] | None = None  # the row-key column's values for the sampled rows
+    role: Role = "answer"
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ the default, `sqlite:///promote-log.db` in the working directory) or PostgreSQL 
 one log). Four tables, documented in docs/monitoring.md ("The inference log"):
 
   promote_log_schema   one row: the schema version this database is at
-  inference_requests   one row per scoring request: when, which version, how it ended, how long
+  inference_requests   one row per scoring request (and per canary attempt or shadow copy of it,
+                       `role`): when, which version, how it ended, how long
   inference_rows       the sampled input rows of a request with their predictions; model, version
                        and time are repeated here so that window queries need no join
   feedback             ground truth, one label per (request_id, row)
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LOG_URI = "sqlite:///promote-log.db"  # relative to the working directory, like mlflow.db
 LOG_URI_ENV = "PROMOTE_LOG_URI"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # PostgreSQL advisory lock key of the migrations ("promote" in ASCII).
 _MIGRATION_LOCK = 0x70726F6D6F7465
@@ -131,6 +132,9 @@ def tables() -> Tables:
         sa.Column("outcome", sa.String(16), nullable=False),
         sa.Column("status", sa.Integer, nullable=False),
         sa.Column("sampled_rows", sa.Integer, nullable=False),
+        # Schema 3: NULL for the answer a client got; "attempt" (a canary's failed attempt before
+        # the primary answered) or "shadow" (a copy the canary scored off the request path).
+        sa.Column("role", sa.String(16)),
         sa.Index("ix_inference_requests_window", "model", "version", "at"),
         sa.Index("ix_inference_requests_request_id", "request_id"))
     rows = sa.Table(
@@ -248,9 +252,19 @@ def _feedback_model_v2(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE feedback ADD COLUMN model VARCHAR(256)")
 
 
+def _request_role_v3(conn: Connection) -> None:
+    """inference_requests.role (NULL: the answer), for rollouts' canary attempts and shadow
+    copies. A database created by this code has it already."""
+    import sqlalchemy as sa
+
+    columns = {c["name"] for c in sa.inspect(conn).get_columns("inference_requests")}
+    if "role" not in columns:
+        conn.exec_driver_sql("ALTER TABLE inference_requests ADD COLUMN role VARCHAR(16)")
+
+
 # version -> the step that brings a database from version - 1 to it. Append; never edit.
 MIGRATIONS: tuple[tuple[int, Callable[[Connection], None]], ...] = (
-    (1, _create_v1), (2, _feedback_model_v2))
+    (1, _create_v1), (2, _feedback_model_v2), (3, _request_role_v3))
 
 
 def migrate(engine: Engine) -> int:

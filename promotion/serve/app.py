@@ -3,16 +3,21 @@
 Endpoints:
   POST /invocations  MLflow's scoring protocol (JSON `dataframe_split`, `dataframe_records`,
                      `inputs`, `instances`, optional `params`; or CSV) -> {"predictions": [...]},
-                     with the version that scored it in the `X-Model-Version` header.
+                     with the version that scored it in the `X-Model-Version` header; during a
+                     rollout, the canary's share of requests goes to it (`serve.routing`).
   POST /feedback     ground truth for logged requests: {"labels": [{"request_id", "row",
                      "label"} or {"row_key", "label"}, ...]} -> {"written", "by_version"}.
-  GET  /health       200 once a version is loaded, 503 before (also at /ping, as MLflow has it).
-  GET  /version      model, alias, served version, when it was loaded, the last error.
+  GET  /health       200 once a version is loaded, 503 before (also at /ping, as MLflow has it);
+                     the canary, if a rollout is in force (it never changes readiness).
+  GET  /version      model, alias, served version, when it was loaded, the last error, the
+                     canary and its counters.
   GET  /metrics      Prometheus text format, from a registry of this app's own.
 
 Every problem with a request is the client's to fix and gets a 4xx with a one-line message in
 MLflow's error shape ({"error_code", "message"}); only a fault of the model itself is a 500.
-Parsing and scoring are in `promotion.serve.protocol`, the metrics in `promotion.serve.metrics`.
+Parsing and scoring are in `promotion.serve.protocol`, routing a request (and its canary) in
+`promotion.serve.routing`, the canary's guard and shadow mirror in `promotion.serve.canary`, the
+metrics in `promotion.serve.metrics`.
 
 Every scoring answer carries X-Request-Id (the client's, when usable, else a new one). With an
 inference log (`log`, a LogWriter), every request is logged once its answer is built, and the
@@ -23,16 +28,13 @@ reported on /health, /version and /metrics, and never fails a request.
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import json
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 # FastAPI reads the handlers' annotations, so their names must be importable at module level:
 # they are Starlette's own classes (fastapi.Request and fastapi.Response are these). FastAPI
@@ -44,17 +46,20 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from promotion.errors import InvalidInput, LogUnavailable
-from promotion.monitoring.logstore import LogStore, LogWriter, RequestRecord, outcome_of
-from promotion.serve.follower import AliasFollower, FollowerState, Served
+from promotion.monitoring.logstore import LogWriter
+from promotion.serve.canary import DEFAULT_SHADOW_QUEUE, SHADOW_STOP_TIMEOUT, Canary
+from promotion.serve.follower import AliasFollower, FollowerState
 from promotion.serve.metrics import Metrics
-from promotion.serve.protocol import (
-    RequestError,
-    Scoring,
-    clip,
-    parse_feedback,
-    request_id,
-    sample_rows,
-    score,
+from promotion.serve.protocol import RequestError, clip, parse_feedback
+from promotion.serve.requestlog import RequestLog
+from promotion.serve.routing import (
+    REQUEST_ID_HEADER,
+    ROUTING_KEY_HEADER,
+    VERSION_HEADER,
+    Invocations,
+    error_response,
+    json_response,
+    read_body,
 )
 
 if TYPE_CHECKING:
@@ -62,8 +67,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("promotion.serving")
 
-VERSION_HEADER = "X-Model-Version"
-REQUEST_ID_HEADER = "X-Request-Id"
+# The names other modules and tests use from here.
+__all__ = ["REQUEST_ID_HEADER", "ROUTING_KEY_HEADER", "VERSION_HEADER", "RequestLog",
+           "create_app", "log_document", "version_document"]
+
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 60.0  # seconds; MLflow's scoring server default
 # Scoring requests run at the same time. Python models hold the GIL while they score, so more
@@ -77,9 +84,10 @@ LOG_CLOSE_TIMEOUT = 10.0  # seconds the log may take to write what is queued at 
 FEEDBACK_SOURCE = "POST /feedback"
 
 
-def version_document(follower: AliasFollower) -> dict[str, Any]:
+def version_document(follower: AliasFollower, state: FollowerState | None = None
+                     ) -> dict[str, Any]:
     """What GET /version answers: enough to tell what is served and why."""
-    state: FollowerState = follower.state
+    state = state if state is not None else follower.state
     served = state.served
     error = state.last_error
     return {
@@ -98,6 +106,7 @@ def version_document(follower: AliasFollower) -> dict[str, Any]:
         "load_failures": state.load_failures,
         "last_error": None if error is None else {
             "message": error.message, "at": _iso(error.at), "version": error.version},
+        "rollout_note": state.note,
     }
 
 
@@ -130,10 +139,13 @@ def create_app(follower: AliasFollower, *, max_body_bytes: int = DEFAULT_MAX_BOD
                scoring_threads: int = DEFAULT_SCORING_THREADS,
                manage_follower: bool = True, log: LogWriter | None = None,
                sample_rate: float = DEFAULT_SAMPLE_RATE, max_rows: int = DEFAULT_MAX_ROWS,
-               row_key: str | None = None, rng: random.Random | None = None) -> FastAPI:
+               row_key: str | None = None, rng: random.Random | None = None,
+               shadow_queue: int = DEFAULT_SHADOW_QUEUE) -> FastAPI:
     """The ASGI app. With `manage_follower`, the app starts and stops the follower's thread;
     the log writer, when there is one, is always started with the app and closed after it
     (closing writes what is queued). `rng` draws the sampled requests (seed it in tests).
+    `shadow_queue` bounds the request copies waiting for a shadow canary; its thread starts
+    with the first copy and stops with the app (`app.state.canary.mirror.stop()` without one).
 
     /health, /version and /metrics never wait for scoring: they answer from the event loop.
     """
@@ -143,13 +155,17 @@ def create_app(follower: AliasFollower, *, max_body_bytes: int = DEFAULT_MAX_BOD
 
     if not 0.0 <= sample_rate <= 1.0 or max_rows < 0:
         raise ValueError("sample_rate must be within [0, 1] and max_rows >= 0")
-    routes = Routes(follower, Metrics(follower, log), max_body_bytes=max_body_bytes,
-                    request_timeout=request_timeout, scoring_threads=scoring_threads,
-                    log=RequestLog(log, sample_rate, max_rows, row_key, rng or random.Random()))
+    requests = RequestLog(log, sample_rate, max_rows, row_key, rng or random.Random())
+    canary = Canary(follower, requests, request_timeout=request_timeout,
+                    scoring_threads=scoring_threads, shadow_queue=shadow_queue)
+    metrics = Metrics(follower, log, canary)
+    routes = Routes(follower, metrics, requests, canary, Invocations(
+        follower, metrics, requests, canary, max_body_bytes=max_body_bytes,
+        request_timeout=request_timeout, scoring=anyio.CapacityLimiter(scoring_threads)))
     app = FastAPI(title=f"promote serve {follower.model}@{follower.alias}",
-                  lifespan=_lifespan(follower, manage_follower, log),
+                  lifespan=_lifespan(follower, manage_follower, log, canary),
                   docs_url=None, redoc_url=None, openapi_url=None)
-    app.post("/invocations")(routes.invocations)
+    app.post("/invocations")(routes.invocations.handle)
     app.post("/feedback")(routes.feedback)
     app.get("/health")(routes.health)
     app.get("/ping")(routes.health)
@@ -158,13 +174,15 @@ def create_app(follower: AliasFollower, *, max_body_bytes: int = DEFAULT_MAX_BOD
     app.state.follower = follower
     app.state.metrics = routes.metrics
     app.state.log = log
+    app.state.canary = canary
     return app
 
 
-def _lifespan(follower: AliasFollower, manage: bool,
-              log: LogWriter | None) -> Callable[[Any], AbstractAsyncContextManager[None]]:
+def _lifespan(follower: AliasFollower, manage: bool, log: LogWriter | None,
+              canary: Canary) -> Callable[[Any], AbstractAsyncContextManager[None]]:
     """Start the follower's and the log's threads with the app and stop them (off the event
-    loop) after it: the follower first, then the log, which writes what is still queued."""
+    loop) after it: the follower first, then the shadow mirror (a bounded wait: a hung canary
+    cannot hold the shutdown), then the log, which writes what is still queued."""
 
     @asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -177,6 +195,7 @@ def _lifespan(follower: AliasFollower, manage: bool,
         finally:
             if manage:
                 await run_in_threadpool(follower.stop)
+            await run_in_threadpool(canary.mirror.stop, SHADOW_STOP_TIMEOUT)
             if log is not None:
                 await run_in_threadpool(log.close, LOG_CLOSE_TIMEOUT)
                 stats = log.stats()
@@ -186,102 +205,16 @@ def _lifespan(follower: AliasFollower, manage: bool,
     return lifespan
 
 
-class RequestLog:
-    """How an app logs its requests: the writer (None: the log is off) and the sampling."""
-
-    def __init__(self, writer: LogWriter | None, sample_rate: float, max_rows: int,
-                 row_key: str | None, rng: random.Random) -> None:
-        self.writer = writer
-        # Feedback is written to the writer's own store, synchronously.
-        self.store = cast(LogStore, writer.store) if writer is not None else None
-        self.sample_rate = sample_rate
-        self.max_rows = max_rows
-        self.row_key = row_key
-        self.rng = rng
-
-    def submit(self, rid: str, arrived: datetime, model: str, alias: str, served: Served | None,
-               seconds: float, status: int, seen: Scoring) -> None:
-        """Hand one request to the writer; never raises, never blocks."""
-        if self.writer is None:
-            return
-        inputs = predictions = keys = None
-        if (status == 200 and seen.raw is not None and self.max_rows > 0
-                and self.rng.random() < self.sample_rate):
-            try:
-                inputs, predictions, keys = sample_rows(seen.data, seen.raw, self.max_rows,
-                                                        self.row_key)
-            except Exception:  # inputs no table holds (tensors): the request is still logged
-                inputs = predictions = keys = None
-        try:
-            self.writer.submit(RequestRecord(
-                request_id=rid, at=arrived, model=model, alias=alias,
-                version=served.version if served is not None else None, rows=seen.rows,
-                latency_ms=seconds * 1000.0, outcome=outcome_of(status), status=status,
-                inputs=inputs, predictions=predictions, row_keys=keys))
-        except Exception:  # a request is never failed by its log
-            logger.exception("could not log request %s", rid)
-
-
 class Routes:
     """The handlers of one app, sharing its follower, metrics and limits."""
 
-    def __init__(self, follower: AliasFollower, metrics: Metrics, *, max_body_bytes: int,
-                 request_timeout: float, scoring_threads: int, log: RequestLog) -> None:
+    def __init__(self, follower: AliasFollower, metrics: Metrics, log: RequestLog,
+                 canary: Canary, invocations: Invocations) -> None:
         self.follower = follower
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
-        self.request_timeout = request_timeout
-        self.scoring = anyio.CapacityLimiter(scoring_threads)
         self.log = log
-
-    async def invocations(self, request: Request) -> Response:
-        started = time.perf_counter()
-        arrived = datetime.now(UTC)
-        rid = request_id(request.headers.get(REQUEST_ID_HEADER))
-        # Taken once: the whole request runs on this version even if a swap happens meanwhile.
-        served = self.follower.state.served
-        version = served.version if served is not None else "none"
-        errors = self.metrics.errors
-        seen = Scoring()
-        try:
-            response = await self._score(request, served, version, seen)
-        except RequestError as exc:
-            errors.labels(version, exc.reason).inc()
-            response = _error_response(exc, version)
-        except ClientDisconnect:  # the client left while sending: nobody to answer, no fault
-            errors.labels(version, "client_disconnected").inc()
-            response = Response(status_code=499)
-        except TimeoutError:
-            errors.labels(version, "timeout").inc()
-            response = _error_response(RequestError(
-                504, "timeout", f"scoring took longer than {self.request_timeout:g} s"), version)
-        except Exception as exc:  # a fault of the model itself: log it, answer 500, keep serving
-            logger.exception("version %s failed to score a request", version)
-            errors.labels(version, "model_error").inc()
-            response = _error_response(RequestError(
-                500, "model_error", clip(f"the model failed: {type(exc).__name__}: {exc}")),
-                version)
-        response.headers[REQUEST_ID_HEADER] = rid
-        seconds = time.perf_counter() - started
-        self.metrics.requests.labels(version, str(response.status_code)).inc()
-        self.metrics.latency.labels(version).observe(seconds)
-        self.log.submit(rid, arrived, self.follower.model, self.follower.alias, served, seconds,
-                        response.status_code, seen)
-        return response
-
-    async def _score(self, request: Request, served: Served | None, version: str,
-                     seen: Scoring) -> Response:
-        if served is None:
-            raise RequestError(503, "not_ready", "no model version is loaded yet; "
-                               "see GET /version")
-        body = await _read_body(request, self.max_body_bytes)
-        work = functools.partial(score, served, body, request.headers.get("content-type"), seen)
-        # The timeout includes the wait for a scoring thread: an overloaded endpoint sheds
-        # requests with 504 instead of queueing them without bound.
-        async with asyncio.timeout(self.request_timeout):
-            content = await anyio.to_thread.run_sync(work, limiter=self.scoring)
-        return Response(content, media_type="application/json",
-                        headers={VERSION_HEADER: version})
+        self.canary = canary
+        self.invocations = invocations
 
     async def feedback(self, request: Request) -> Response:
         """Write a batch of labels to the inference log, off the event loop."""
@@ -290,64 +223,45 @@ class Routes:
             if store is None:
                 raise RequestError(503, "log_off", "the inference log is off (promote serve "
                                    "--log-uri none): there is nothing to join labels to")
-            body = await _read_body(request, self.max_body_bytes)
+            body = await read_body(request, self.invocations.max_body_bytes)
             labels, source = parse_feedback(body, request.headers.get("content-type"))
             result = await run_in_threadpool(
                 functools.partial(store.add_feedback, labels, source=source or FEEDBACK_SOURCE,
                                   model=self.follower.model))
         except RequestError as exc:
-            return _error_response(exc, "none")
+            return error_response(exc, "none")
         except InvalidInput as exc:
-            return _error_response(RequestError(400, "bad_input", clip(str(exc))), "none")
+            return error_response(RequestError(400, "bad_input", clip(str(exc))), "none")
         except LogUnavailable as exc:
-            return _error_response(RequestError(503, "log_unavailable", clip(str(exc))), "none")
+            return error_response(RequestError(503, "log_unavailable", clip(str(exc))), "none")
         except ClientDisconnect:
             return Response(status_code=499)
-        return _json({"written": result.written, "by_version": result.by_version}, 200)
+        return json_response({"written": result.written, "by_version": result.by_version}, 200)
 
     async def health(self) -> Response:
-        served = self.follower.state.served
+        """Ready iff the primary is loaded: the canary never changes readiness."""
+        state = self.follower.state
+        served = state.served
         model = self.follower.model
         log = log_document(self.log.writer)
+        canary = self.canary.document(state)
         if served is None:
-            return _json({"status": "loading", "model": model, "version": None, "log": log},
-                         503)
-        return _json({"status": "ok", "model": model, "version": served.version, "log": log},
-                     200, headers={VERSION_HEADER: served.version})
+            return json_response({"status": "loading", "model": model, "version": None,
+                                  "canary": canary, "log": log}, 503)
+        return json_response({"status": "ok", "model": model, "version": served.version,
+                              "canary": canary, "log": log}, 200,
+                             headers={VERSION_HEADER: served.version})
 
     async def version(self) -> Response:
+        state = self.follower.state
         log = log_document(self.log.writer, full=True)
         if self.log.writer is not None:
             log.update(sample_rate=self.log.sample_rate, max_rows=self.log.max_rows,
                        row_key=self.log.row_key)
-        return _json({**version_document(self.follower), "log": log}, 200)
+        return json_response({**version_document(self.follower, state),
+                              "canary": self.canary.document(state, full=True),
+                              "canary_totals": self.canary.totals(), "log": log}, 200)
 
     async def prometheus(self) -> Response:
         content, media_type = self.metrics.render()
         return Response(content, media_type=media_type)
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, refusing more than `limit` bytes before reading them where the size is known."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, "too_large", f"the body is {int(declared)} bytes; the limit is "
-                           f"{limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # a chunked body with no declared size
-            raise RequestError(413, "too_large", f"the body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _json(document: dict[str, Any], status: int, headers: dict[str, str] | None = None) -> Response:
-    return Response(json.dumps(document), status_code=status, media_type="application/json",
-                    headers=headers)
-
-
-def _error_response(exc: RequestError, version: str) -> Response:
-    headers = {VERSION_HEADER: version} if version != "none" else None
-    return _json({"error_code": exc.error_code, "message": exc.message}, exc.status, headers)

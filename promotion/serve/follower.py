@@ -8,6 +8,14 @@ reads that reference once and scores on the `Served` it found, so requests in fl
 old model and no request ever sees a half-loaded one. A version that cannot be loaded never
 replaces a working one: it is reported (state, log) and retried with a growing delay.
 
+A rollout in progress (promotion.engine.rollout) comes with the alias: the resolver answers a
+`Route`, the alias's version and the canary in force. The same thread loads the canary's version
+after the alias's own, and holds it in the same state (`CanaryState`), so a request sees the
+primary, the canary and its share as one consistent whole. A canary that cannot be loaded is
+benched for its step (no traffic, not retried until the step changes) and never touches the
+primary; a canary the route no longer names is dropped. A version already in memory (the canary
+becoming the primary at promotion) is taken as it is, not loaded again.
+
 The follower's inputs are two plain callables (resolve the alias, load a version), so its logic is
 tested without a registry; `alias_resolver` and `version_loader` build the real ones on the
 registry layer (`promotion.registry`), which does every registry request and download. Only
@@ -27,9 +35,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from promotion.errors import InvalidInput, redact
-from promotion.registry import alias_version, get_version
+from promotion.engine.rollout import CanaryRoute, Route
+from promotion.errors import redact
+from promotion.registry import get_version
 from promotion.registry.models import download_version
+from promotion.registry.rollouts import read_route
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -64,6 +74,22 @@ class FollowError:
 
 
 @dataclass(frozen=True)
+class CanaryState:
+    """The canary the route names, as this endpoint holds it."""
+
+    route: CanaryRoute
+    served: Served | None = None  # None: loading, or benched because it could not be loaded
+    benched: str | None = None  # why it gets no traffic for the rest of its step (a failed load)
+
+    @property
+    def status(self) -> str:
+        """serving, loading or benched (by its load; the request guard benches on its own)."""
+        if self.benched is not None:
+            return "benched"
+        return "serving" if self.served is not None else "loading"
+
+
+@dataclass(frozen=True)
 class FollowerState:
     """Everything the endpoint reports, replaced as a whole on every change."""
 
@@ -74,6 +100,8 @@ class FollowerState:
     last_error: FollowError | None = None
     swaps: int = 0  # versions swapped in after the first one
     load_failures: int = 0
+    canary: CanaryState | None = None  # the canary in force, if a rollout is
+    note: str | None = None  # why a rollout state on the model was not followed
 
     @property
     def in_sync(self) -> bool:
@@ -81,7 +109,8 @@ class FollowerState:
         return self.served is not None and self.served.version == self.alias_version
 
 
-Resolve = Callable[[], str]  # -> the version the alias points at now
+# -> the version the alias points at now, or the route: that version and the canary in force
+Resolve = Callable[[], str | Route]
 Load = Callable[[str], Served]  # version -> a completely loaded Served
 
 
@@ -110,7 +139,7 @@ class AliasFollower:
         self._clock = clock
         self._state = FollowerState()
         self._failures: dict[str, _Failure] = {}
-        self._retired_path: str | None = None
+        self._retiring: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -119,18 +148,30 @@ class AliasFollower:
         return self._state
 
     def refresh(self) -> bool:
-        """Check the alias once; load and swap in the version it points at if that is new.
+        """Check the alias once; load and swap in the version it points at if that is new, then
+        follow the canary the route names (load it, or drop it).
 
         Returns True when a new version was swapped in. Never raises for registry or model
         problems: they are recorded in `state.last_error` and logged, and serving goes on.
         """
         now = self._clock()
         try:
-            target = self._resolve()
+            found = self._resolve()
         except Exception as exc:  # unreachable registry, alias deleted: keep serving what we have
             self._record_error(f"cannot resolve {self.model}@{self.alias}: {_describe(exc)}", None)
             return False
-        self._state = replace(self._state, alias_version=target, checked_at=now)
+        route = found if isinstance(found, Route) else Route(str(found))
+        self._state = replace(self._state, alias_version=route.version, checked_at=now,
+                              note=route.note)
+        swapped = self._follow(route.version, now)
+        try:
+            self._follow_canary(route.canary)
+        except Exception:  # a canary must never stop the primary from being followed
+            log.exception("unexpected error while following the canary of %s@%s", self.model,
+                          self.alias)
+        return swapped
+
+    def _follow(self, target: str, now: float) -> bool:
         served = self._state.served
         if served is not None and served.version == target:
             return False
@@ -140,9 +181,11 @@ class AliasFollower:
         return self._swap_to(target)
 
     def _swap_to(self, version: str) -> bool:
-        log.info("loading %s version %s (%s@%s)", self.model, version, self.model, self.alias)
+        new = self._in_memory(version)
+        if new is None:
+            log.info("loading %s version %s (%s@%s)", self.model, version, self.model, self.alias)
         try:
-            new = self._load(version)
+            new = new if new is not None else self._load(version)
         except Exception as exc:  # any load failure: the working model stays
             count = self._failures[version].count + 1 if version in self._failures else 1
             delay = min(self.poll_interval * 2 ** (count - 1), MAX_RETRY_DELAY)
@@ -166,12 +209,70 @@ class AliasFollower:
         self._retire(old)
         return True
 
+    def _follow_canary(self, route: CanaryRoute | None) -> None:
+        held = self._state.canary
+        if route is None:
+            if held is not None:  # promoted, aborted, or no longer consistent: no canary
+                self._state = replace(self._state, canary=None)
+                log.info("canary version %s (@%s) dropped: the route no longer names it",
+                         held.route.version, held.route.alias)
+                self._retire(held.served)
+            return
+        if held is not None and held.route.version == route.version and (
+                held.served is not None
+                or (held.benched is not None and held.route.step_key == route.step_key)):
+            # Loaded, or benched for this step: follow the route (a new step, a new share).
+            if held.route != route:
+                self._state = replace(self._state, canary=replace(held, route=route))
+            return
+        # The primary first: a canary is loaded once the endpoint serves something.
+        self._state = replace(self._state, canary=CanaryState(route))
+        if held is not None:
+            self._retire(held.served)
+        if self._state.served is not None:
+            self._load_canary(route, held)
+
+    def _load_canary(self, route: CanaryRoute, held: CanaryState | None) -> None:
+        served = self._in_memory(route.version, held)
+        try:
+            if served is None:
+                log.info("loading canary %s version %s (@%s)", self.model, route.version,
+                         route.alias)
+                served = self._load(route.version)
+        except Exception as exc:  # benched for this step; the primary is untouched
+            reason = f"load failed: {_describe(exc)}"
+            log.error("cannot load canary %s version %s (@%s): %s; it gets no traffic until "
+                      "the next step", self.model, route.version, route.alias, reason)
+            self._state = replace(self._state, canary=CanaryState(route, benched=reason))
+            return
+        self._state = replace(self._state, canary=CanaryState(route, served))
+        log.info("canary %s version %s (@%s) ready: %s mode, %g%% of requests", self.model,
+                 route.version, route.alias, route.mode, route.share * 100)
+
+    def _in_memory(self, version: str, held: CanaryState | None = None) -> Served | None:
+        """A loaded Served of `version` this endpoint already holds, if any."""
+        canary = held if held is not None else self._state.canary
+        for served in (self._state.served, canary.served if canary else None):
+            if served is not None and served.version == version:
+                return served
+        return None
+
     def _retire(self, old: Served | None) -> None:
-        # The artifacts of the model just swapped out may still be read by requests in flight
-        # (some flavors read files lazily), so its directory goes one swap later.
-        if self._retired_path:
-            shutil.rmtree(self._retired_path, ignore_errors=True)
-        self._retired_path = old.path if old else None
+        # The artifacts of a model just swapped out or dropped may still be read by requests in
+        # flight (some flavors read files lazily), so its directory goes one retirement later;
+        # a version still held (the canary became the primary) keeps its files.
+        if old is None or self._holds(old.path):
+            return
+        for path in self._retiring:
+            if not self._holds(path):
+                shutil.rmtree(path, ignore_errors=True)
+        self._retiring = [old.path] if old.path else []
+
+    def _holds(self, path: str | None) -> bool:
+        canary = self._state.canary
+        return path is not None and any(
+            served is not None and served.path == path
+            for served in (self._state.served, canary.served if canary else None))
 
     def _record_error(self, message: str, version: str | None, failed_load: bool = False) -> None:
         message = redact(message)
@@ -220,21 +321,10 @@ def _describe(exc: BaseException) -> str:
 # -- the real resolve/load, on the registry layer ----------------------------------------------
 
 
-def check_alias(client: MlflowClient, model: str, alias: str) -> str:
-    """The version `model@alias` points at now; InvalidInput (2) / RegistryError (3) otherwise.
-
-    Used once before serving so that a typo or an unreachable registry fails at start-up with
-    the documented exit code instead of an endpoint that never becomes healthy.
-    """
-    version = alias_version(client, model, alias)
-    if version is None:
-        raise InvalidInput(f"resolving {model}@{alias}: Registered model alias {alias} not found.")
-    return version
-
-
 def alias_resolver(client: MlflowClient, model: str, alias: str) -> Resolve:
-    """Resolve `model@alias` on each poll, raising as check_alias does (the follower records it)."""
-    return functools.partial(check_alias, client, model, alias)
+    """Resolve `model@alias` and the canary in force on each poll, from one read of the
+    registered model (raising as `read_route` does: the follower records it)."""
+    return functools.partial(read_route, client, model, alias)
 
 
 def version_loader(client: MlflowClient, model: str, scratch: str) -> Load:

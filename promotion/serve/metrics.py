@@ -1,6 +1,7 @@
 """The endpoint's Prometheus metrics: request counters and latency by served version, the
-follower's state (served version, alias target, in sync, swaps, load failures) and the inference
-log's (records written, dropped by reason, queue depth, healthy), read at scrape time.
+follower's state (served version, alias target, in sync, swaps, load failures), the canary's
+(version and mode, share in force, benched, fallbacks, shadow copies, shadow queue depth) and the
+inference log's (records written, dropped by reason, queue depth, healthy), read at scrape time.
 
 prometheus_client is imported inside the functions: only a running endpoint needs it.
 """
@@ -11,6 +12,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from promotion.monitoring.logstore import LogWriter
+from promotion.serve.canary import Canary
 from promotion.serve.follower import AliasFollower
 
 if TYPE_CHECKING:
@@ -22,7 +24,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class Metrics:
     """Request metrics labelled by the version that served them, plus the follower's state."""
 
-    def __init__(self, follower: AliasFollower, log: LogWriter | None = None) -> None:
+    def __init__(self, follower: AliasFollower, log: LogWriter | None = None,
+                 canary: Canary | None = None) -> None:
         from prometheus_client import (
             CollectorRegistry,
             Counter,
@@ -44,6 +47,8 @@ class Metrics:
                                  "scoring request, by served version.", ["version"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_follower_collector(follower))
+        if canary is not None:
+            self.registry.register(_canary_collector(follower, canary))
         if log is not None:
             self.registry.register(_log_collector(log))
 
@@ -91,6 +96,53 @@ def _follower_collector(follower: AliasFollower) -> Collector:
                 yield counter
 
     return FollowerCollector()
+
+
+def _canary_collector(follower: AliasFollower, canary: Canary) -> Collector:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["model", "alias"]
+    key = [follower.model, follower.alias]
+
+    class CanaryCollector:
+        def collect(self) -> Iterable[Any]:
+            view = canary.view(follower.state)
+            info = GaugeMetricFamily("promote_serve_canary_info", "The canary of a rollout in "
+                                     "force (value 1), by version and mode.",
+                                     labels=[*labels, "version", "mode"])
+            if view is not None:
+                info.add_metric([*key, view.route.version, view.route.mode], 1)
+            yield info
+            for name, doc, value in (
+                ("promote_serve_canary_share", "Share of requests the canary answers (canary "
+                 "mode) or is mirrored (shadow mode) here now: 0 when benched, loading or none.",
+                 view.share_in_force if view else 0.0),
+                ("promote_serve_canary_step", "The rollout's step in force (1-based; 0: none).",
+                 float(view.route.step + 1) if view else 0.0),
+                ("promote_serve_canary_benched", "1 when the canary gets no traffic here for the "
+                 "rest of its step (it failed to load, or breached the error guard).",
+                 float(view is not None and view.status == "benched")),
+                ("promote_serve_shadow_queue_depth", "Request copies waiting for the shadow "
+                 "canary.", float(canary.mirror.stats().queued)),
+            ):
+                gauge = GaugeMetricFamily(name, doc, labels=labels)
+                gauge.add_metric(key, value)
+                yield gauge
+            fallbacks = CounterMetricFamily("promote_serve_canary_fallbacks", "Requests the "
+                                            "canary failed and the primary answered.",
+                                            labels=labels)
+            fallbacks.add_metric(key, canary.fallbacks)
+            yield fallbacks
+            stats = canary.mirror.stats()
+            copies = CounterMetricFamily("promote_serve_shadow_copies", "Request copies for the "
+                                         "shadow canary, by outcome.",
+                                         labels=[*labels, "outcome"])
+            for outcome, count in (("scored", stats.scored), ("failed", stats.failed),
+                                   ("dropped", stats.dropped)):
+                copies.add_metric([*key, outcome], count)
+            yield copies
+
+    return CanaryCollector()
 
 
 def _log_collector(writer: LogWriter) -> Collector:

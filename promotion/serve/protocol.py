@@ -5,8 +5,9 @@ A request body is parsed with MLflow's own scoring helpers (JSON `dataframe_spli
 model signature by pyfunc, so an endpoint accepts exactly what `mlflow models serve` accepts.
 Every problem with a request is a `RequestError`: the HTTP status, metric reason and one-line
 message it is answered with. What scoring saw (the parsed input, the raw predictions) is kept in
-a `Scoring` for the inference log; `sample_rows` cuts the logged share of it. The body of
-`POST /feedback` is read here too (`parse_feedback`). mlflow and pandas are imported inside the
+a `Scoring` for the inference log; `sample_rows` cuts the logged share of it. The request's id
+and routing key (`request_id`, `routing_key`) and the body of `POST /feedback`
+(`parse_feedback`) are read here too. mlflow and pandas are imported inside the
 functions that use them.
 """
 
@@ -25,7 +26,8 @@ from promotion.serve.follower import Served
 
 JSON_FORMATS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 MAX_MESSAGE = 1000  # MLflow's schema errors quote the whole input; keep answers readable
-# A client's X-Request-Id is kept when it is 1-128 printable ASCII characters without spaces.
+# A client's X-Request-Id (and X-Routing-Key) is kept when it is 1-128 printable ASCII characters
+# without spaces.
 _REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 FEEDBACK_KEYS = ("request_id", "row", "row_key", "label")
 MAX_SOURCE = 256
@@ -207,6 +209,14 @@ def request_id(header: str | None) -> str:
     if header is not None and _REQUEST_ID.fullmatch(header):
         return header
     return uuid.uuid4().hex
+
+
+def routing_key(header: str | None, rid: str) -> str:
+    """What decides whether a request falls in the canary's share: the client's X-Routing-Key
+    when it is usable (the same rules as X-Request-Id), else the request's id."""
+    if header is not None and _REQUEST_ID.fullmatch(header):
+        return header
+    return rid
 
 
 def parse_feedback(body: bytes, content_type: str | None) -> tuple[list[Label], str | None]:

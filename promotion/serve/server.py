@@ -1,11 +1,11 @@
 """Run `promote serve`: take the address, check the alias, then serve until stopped.
 
 Start-up fails fast with the documented exit codes: the listening address is taken first (a port
-in use is invalid input, exit 2), then the alias is resolved once (unknown model or alias: exit 2;
-registry unreachable: exit 3). From then on the endpoint never exits because of the registry: a
-version that cannot be loaded, or a registry that stops answering, is reported on /version and in
-the log while the last good version keeps serving. SIGTERM / Ctrl-C stop it gracefully (requests
-in flight finish), exit 0.
+in use is invalid input, exit 2), then the alias (and the canary of a rollout in force) is read
+once (unknown model or alias: exit 2; registry unreachable: exit 3). From then on the endpoint
+never exits because of the registry: a version that cannot be loaded, or a registry that stops
+answering, is reported on /version and in the log while the last good version keeps serving.
+SIGTERM / Ctrl-C stop it gracefully (requests in flight finish), exit 0.
 
 The inference log (`--log-uri`, promotion.monitoring.logstore) is checked the same way, but only
 its URI can stop the start: a scheme that is neither SQLite nor PostgreSQL is exit 2 before
@@ -32,6 +32,7 @@ from promotion.errors import ExitCode, InvalidInput, LogUnavailable, RedactingFo
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LogStore, LogWriter
 from promotion.policy.model import DEFAULT_ALIAS
 from promotion.registry.client import connect
+from promotion.registry.rollouts import read_route
 from promotion.serve.app import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
@@ -40,13 +41,8 @@ from promotion.serve.app import (
     DEFAULT_SCORING_THREADS,
     create_app,
 )
-from promotion.serve.follower import (
-    AliasFollower,
-    alias_resolver,
-    check_alias,
-    scratch_dir,
-    version_loader,
-)
+from promotion.serve.canary import DEFAULT_SHADOW_QUEUE
+from promotion.serve.follower import AliasFollower, alias_resolver, scratch_dir, version_loader
 
 log = logging.getLogger("promotion.serving")
 
@@ -76,6 +72,7 @@ class ServeOptions:
     log_max_rows: int = DEFAULT_MAX_ROWS
     log_queue: int = DEFAULT_LOG_QUEUE
     row_key: str | None = None
+    shadow_queue: int = DEFAULT_SHADOW_QUEUE
 
 
 @dataclass(frozen=True)
@@ -118,8 +115,16 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
     scratch = scratch_dir()
     try:
         client = connect(tracking_uri)
-        version = check_alias(client, options.model, options.alias)
-        log.info("%s@%s points at version %s; loading it", options.model, options.alias, version)
+        route = read_route(client, options.model, options.alias)
+        log.info("%s@%s points at version %s; loading it", options.model, options.alias,
+                 route.version)
+        if route.canary is not None:
+            canary = route.canary
+            log.info("rollout in force: version %s on @%s (%s mode), step %d of %d, %g%% of "
+                     "requests", canary.version, canary.alias, canary.mode, canary.step + 1,
+                     canary.steps, canary.share * 100)
+        elif route.note:
+            log.warning("%s", route.note)
         follower = AliasFollower(options.model, options.alias, options.poll_interval,
                                  resolve=alias_resolver(client, options.model, options.alias),
                                  load=version_loader(client, options.model, scratch))
@@ -127,7 +132,8 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
                          request_timeout=options.request_timeout,
                          scoring_threads=options.scoring_threads,
                          log=_open_log(store, options), sample_rate=options.log_sample_rate,
-                         max_rows=options.log_max_rows, row_key=options.row_key)
+                         max_rows=options.log_max_rows, row_key=options.row_key,
+                         shadow_queue=options.shadow_queue)
         config = uvicorn.Config(app, log_level="info", access_log=options.access_log,
                                 timeout_keep_alive=options.keep_alive,
                                 timeout_graceful_shutdown=30, lifespan="on")

@@ -1,5 +1,6 @@
 # `make demo`: set up and run the main job on the embedded default (a local SQLite store, no server):
-# train, gate, serve, then watch a bad promotion get rolled back.
+# train, gate, serve, watch a bad promotion get rolled back, then roll candidates out on a slice
+# of live traffic: a bad one aborted at 5%, a good one promoted step by step.
 # `make test`: set up with the test extra and run every test against a real MLflow server.
 # Both are idempotent: the venv and the installs are redone only when pyproject.toml changes.
 
@@ -12,7 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test install install-test lint bench clean
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/promote demo --watch
+	$(VENV)/bin/promote demo --watch --rollout
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest $(PYTEST_ARGS)

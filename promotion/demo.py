@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from promotion import registry
+from promotion.demo_rollout import RolloutLoop, run_rollout_loop
 from promotion.demo_watch import WatchLoop, run_watch_loop
 from promotion.engine.results import DemoResult, GateResult, GateRow, Phase, Prediction
 from promotion.errors import InvalidInput, redact
@@ -130,11 +131,12 @@ class _Clock:
 def run_demo(client: MlflowClient, *, candidates: str | Path = DEFAULT_CANDIDATES,
              policies: str | Path = DEFAULT_POLICIES, model_name: str | None = None,
              rows: int = 5, details: bool = False, say: Callable[[str], None] = print,
-             watch_log: str | None = None) -> DemoResult:
+             watch_log: str | None = None, rollout_log: str | None = None) -> DemoResult:
     """Train every candidate config, gate each new version, load the alias and predict.
 
     `details` also prints each gate's full report (what `promote gate` prints). With
-    `watch_log` (an inference log URI), the monitoring loop follows (promotion.demo_watch).
+    `watch_log` (an inference log URI), the monitoring loop follows (promotion.demo_watch);
+    with `rollout_log`, the rollout loop (promotion.demo_rollout).
     """
     uri = str(client.tracking_uri)
     clock = _Clock()
@@ -169,11 +171,14 @@ def run_demo(client: MlflowClient, *, candidates: str | Path = DEFAULT_CANDIDATE
                                                       say)
         loop = _watch_step(client, gate_policies[0], configs, data, watch_log, clock, say) \
             if watch_log and after is not None else None
+        rolled = _rollout_step(client, gate_policies[0], configs, trained, data, rollout_log,
+                               clock, say) if rollout_log and after is not None else None
 
     demo = DemoResult(tracking_uri=redact(uri), model=model, alias=alias,
                       trained=tuple(trained), gates=gates, production_before=before,
                       production_after=after, predictions=predictions,
-                      served_rmse=served_rmse, phases=tuple(clock.phases), watch_loop=loop)
+                      served_rmse=served_rmse, phases=tuple(clock.phases), watch_loop=loop,
+                      rollout_loop=rolled)
     for line in render.closing(demo, uri):
         say(line)
     return demo
@@ -190,6 +195,22 @@ def _watch_step(client: MlflowClient, policy: Policy, configs: Sequence[TrainCon
     config = next((c for c in configs if c.estimator == "linear"), configs[0])
     with clock.phase("monitoring loop"):
         return run_watch_loop(client, policy, config, data, log_uri, say)
+
+
+def _rollout_step(client: MlflowClient, policy: Policy, configs: Sequence[TrainConfig],
+                  trained: Sequence[TrainResult], data: PreparedData, log_uri: str,
+                  clock: _Clock, say: Callable[[str], None]) -> RolloutLoop:
+    """Serve with a rollout: a bad candidate aborted at 5 %, a good one promoted step by
+    step."""
+    say("\nRollout: a candidate earns @Production on a slice of live traffic first.")
+    production = _alias_version(client, policy.model, policy.alias)
+    paths = {t.version: t.config for t in trained}
+    production_config = next((c for c in configs if c.path == paths.get(production or "")),
+                             configs[0])
+    leaky_config = next((c for c in configs if c.estimator == "linear"), configs[0])
+    with clock.phase("rollout loop"):
+        return run_rollout_loop(client, policy, leaky_config, production_config, data, log_uri,
+                                say)
 
 
 def _renamed(config: TrainConfig, model: str) -> TrainConfig:

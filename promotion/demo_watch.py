@@ -80,7 +80,7 @@ def run_watch_loop(client: MlflowClient, policy: Policy, config: TrainConfig,
     store = LogStore(log_uri)
     store.migrate()
     rows, truth = live_rows(data), data.holdout.y_test
-    with _endpoint(client, policy, store) as endpoint:
+    with serving_endpoint(client, policy, store) as endpoint:
         production = endpoint.wait_for(None)
         say(f"Serving {policy.model}@{policy.alias} (version {production}) on {endpoint.url} "
             f"with the inference log at {store.where}.")
@@ -105,7 +105,7 @@ def run_watch_loop(client: MlflowClient, policy: Policy, config: TrainConfig,
     return WatchLoop(production, leaky, gate, result, served_after)
 
 
-class _Endpoint:
+class Endpoint:
     def __init__(self, url: str, follower: AliasFollower, writer: LogWriter) -> None:
         import requests
 
@@ -124,9 +124,26 @@ class _Endpoint:
         raise RuntimeError(f"the endpoint did not serve version {version} within "
                            f"{SWAP_TIMEOUT:g} s")
 
-    def send(self, rows: pd.DataFrame, truth: pd.Series, count: int) -> None:
-        """`count` one-row requests, then their labels in one POST /feedback."""
+    def wait_for_canary(self, version: str | None, share: float | None = None) -> None:
+        """Wait until the endpoint gives `version` canary traffic at `share` (None: any), or,
+        with `version` None, until it has no canary."""
+        deadline = time.monotonic() + SWAP_TIMEOUT
+        while time.monotonic() < deadline:
+            canary = self.follower.state.canary
+            if version is None and canary is None:
+                return
+            if canary is not None and canary.served is not None and \
+                    canary.served.version == version and share in (None, canary.route.share):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"the endpoint did not take canary version {version} within "
+                           f"{SWAP_TIMEOUT:g} s")
+
+    def send(self, rows: pd.DataFrame, truth: pd.Series, count: int) -> dict[str, int]:
+        """`count` one-row requests, then their labels in one POST /feedback; how many each
+        version answered."""
         labels: list[dict[str, object]] = []
+        answered: dict[str, int] = {}
         for i in range(count):
             k = i % len(rows)
             row = rows.iloc[[k]]
@@ -134,6 +151,8 @@ class _Endpoint:
                 "dataframe_split": {"columns": list(row.columns),
                                     "data": row.to_numpy().tolist()}}, timeout=30)
             answer.raise_for_status()
+            version = answer.headers["X-Model-Version"]
+            answered[version] = answered.get(version, 0) + 1
             labels.append({"request_id": answer.headers["X-Request-Id"], "row": 0,
                            "label": float(truth.iloc[k])})
         self.sent += count
@@ -141,13 +160,15 @@ class _Endpoint:
         payload: dict[str, Any] = {"labels": labels}
         self.http.post(f"{self.url}/feedback", json=payload,
                        timeout=60).raise_for_status()
+        return answered
 
     def logged(self) -> None:
-        """Wait until the log holds every request sent (feedback joins logged rows)."""
+        """Wait until the log holds every request sent (feedback joins logged rows), and the
+        canary attempts and shadow copies written about them."""
         deadline = time.monotonic() + SWAP_TIMEOUT
         while time.monotonic() < deadline:
             stats = self.writer.stats()
-            if stats.written + stats.dropped >= self.sent:
+            if stats.written + stats.dropped >= self.sent and not stats.queued:
                 if stats.dropped:
                     raise RuntimeError(f"the inference log dropped {stats.dropped} records: "
                                        f"{stats.last_error}")
@@ -157,7 +178,7 @@ class _Endpoint:
 
 
 @contextmanager
-def _endpoint(client: MlflowClient, policy: Policy, store: LogStore) -> Iterator[_Endpoint]:
+def serving_endpoint(client: MlflowClient, policy: Policy, store: LogStore) -> Iterator[Endpoint]:
     """`promote serve` in a thread of this process, on a free loopback port."""
     import uvicorn
 
@@ -178,7 +199,7 @@ def _endpoint(client: MlflowClient, policy: Policy, store: LogStore) -> Iterator
     thread.start()
     try:
         url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        yield _Endpoint(url, follower, writer)
+        yield Endpoint(url, follower, writer)
     finally:
         server.should_exit = True
         thread.join(timeout=30)

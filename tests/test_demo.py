@@ -117,16 +117,18 @@ def test_demo_outside_the_repository_says_where_to_run_it(tmp_path, monkeypatch,
 
 def test_demo_on_the_embedded_default_as_make_demo_runs_it(tmp_path):
     """`make demo` on a fresh clone: no server, no MLFLOW_TRACKING_URI, a SQLite file here;
-    then the monitoring loop: a promotion that is bad on live data, rolled back by the watch."""
+    then the monitoring loop: a promotion that is bad on live data, rolled back by the watch;
+    then the rollout loop: a bad canary aborted at 5 %, a retrain promoted step by step."""
     shutil.copytree(CANDIDATES.parent, tmp_path / "train")
     shutil.copytree(POLICIES, tmp_path / "policies")
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MLFLOW_") and k != "PROMOTE_LOG_URI"}
-    out = subprocess.run([sys.executable, "-m", "promotion", "demo", "--watch"], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, check=False, timeout=600)
+    out = subprocess.run([sys.executable, "-m", "promotion", "demo", "--watch", "--rollout"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, check=False,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert (tmp_path / "promote-log.db").is_file()
-    loop = out.stdout.split("Monitoring:", 1)[1]
+    loop, rollout = out.stdout.split("Monitoring:", 1)[1].split("\nRollout:", 1)
     leaked = re.search(r"Trained version (\d+) with 'followup' .*: gate says PROMOTED", loop)
     assert leaked, loop
     bad = leaked[1]
@@ -141,3 +143,20 @@ def test_demo_on_the_embedded_default_as_make_demo_runs_it(tmp_path):
     assert "Predictions from models:/diabetes-regressor@Production" in out.stdout
     assert len(printed_predictions(out.stdout)) == 5
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000" in out.stdout
+    _check_rollout_loop(rollout, served)
+
+
+def _check_rollout_loop(out: str, production: str) -> None:
+    """The bad candidate answers about 5 % and is aborted on a breach; the retrain answers
+    about 5 %, then about 50 %, then holds the alias; nothing fails a request."""
+    canaries = re.findall(r"Trained version (\d+) .*: gate says CANARY", out)
+    assert len(canaries) == 2, out
+    bad, good = canaries
+    first = re.search(rf"answered (\d+) by version {production}, (\d+) by version {bad}", out)
+    assert first and 0 < int(first[2]) < 0.15 * (int(first[1]) + int(first[2])), out
+    assert re.search(rf"^ABORTED  .*version {bad} on @Production-canary .*prediction_psi "
+                     rf".*@Production stays on version {production}$", out, re.M), out
+    assert re.search(rf"^ADVANCED  .*version {good} .*now 50%", out, re.M), out
+    assert re.search(rf"^PROMOTED  .*@Production -> version {good}, @Production-previous -> "
+                     rf"version {production}, @Production-canary removed$", out, re.M), out
+    assert f"The endpoint serves version {good}: it earned @Production" in out

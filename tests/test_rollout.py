@@ -137,7 +137,7 @@ def test_each_step_advances_only_with_enough_requests_and_passing_rules(client, 
     assert (latest.kind, latest.outcome, latest.alias) == ("rollout", "advanced",
                                                            "Production-canary")
     files = {f.path for f in client.list_artifacts(latest.run_id)}
-    assert files == {"rollout.json", "rollout.md"}
+    assert files == {"rollout.json", "rollout.md", "timeline.png"}
     # The new step's window starts when it began, not when the first step did.
     waiting = run_rollout(client, policy, store)
     assert waiting.action == "wait"

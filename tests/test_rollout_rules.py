@@ -26,7 +26,9 @@ from promotion.engine.rollout import (
 )
 from promotion.engine.step import Agreed, StepFacts, judge_step
 from promotion.engine.watch import LiveFacts
+from promotion.engine.records import Entry
 from promotion.policy.model import Agreement, Margin, Policy, Rollout, WatchRule
+from promotion.report.rollout_chart import timeline, timeline_png
 
 AT = "2026-12-03T10:00:00.000Z"
 STATE = RolloutState("Production", "Production-canary", "5", "canary", (0.05, 0.25, 0.5), 1,
@@ -198,3 +200,21 @@ def test_agreement_judges_shadow_rows_and_waits_for_enough_of_them():
 def test_a_computed_value_that_is_not_finite_fails_closed(value):
     decision = judge_step(_rollout(), _facts(_live("5", 100, p95=value), _live("4", 2000)))
     assert decision.action == "abort"
+
+
+def test_the_timeline_follows_the_records_of_one_rollout():
+    def entry(minute: int, kind: str, outcome: str) -> Entry:
+        return Entry(kind, "m", "Production-canary", outcome, "5", "4",
+                     f"2026-12-03T10:{minute:02d}:00.000Z", "", "me")
+
+    records = [entry(40, "rollout", "promoted"), entry(0, "gate", "canary"),
+               entry(30, "rollout", "advanced"), entry(10, "rollout", "conflict")]
+    points = timeline(records, (0.05, 0.5))
+    assert [(p.outcome, p.share, p.label) for p in points] == [
+        ("canary", 0.05, "canary 5%"), ("advanced", 0.5, "advanced to 50%"),
+        ("promoted", 1.0, "promoted: @Production-canary")]
+    assert points[1].at - points[0].at == 1800
+    aborted = timeline([entry(0, "gate", "canary"), entry(5, "rollout", "aborted")], (0.1,))
+    assert [p.share for p in aborted] == [0.1, 0.0]
+    png = timeline_png(points, "m version 5")
+    assert png.startswith(b"\x89PNG") and png == timeline_png(points, "m version 5")

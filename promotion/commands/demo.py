@@ -26,10 +26,14 @@ from promotion.report.demo import demo_json
 @click.option("--watch", is_flag=True,
               help="Then the monitoring loop: serve Production with the inference log, promote "
                    "a candidate that is bad on live data, and let `promote watch` roll it back.")
+@click.option("--rollout", is_flag=True,
+              help="Then the rollout loop: a candidate bad on live data goes canary at 5% and "
+                   "is aborted; a retrain passes 5% and 50% and becomes Production.")
 @click.option("--log-uri", envvar=LOG_URI_ENV, show_envvar=True, default=DEFAULT_LOG_URI,
-              show_default=True, metavar="URI", help="The inference log of --watch.")
+              show_default=True, metavar="URI", help="The inference log of --watch and "
+                                                     "--rollout.")
 def command(candidates: str, policies: str, model_name: str | None, rows: int, details: bool,
-            as_json: bool, watch: bool, log_uri: str) -> object:
+            as_json: bool, watch: bool, rollout: bool, log_uri: str) -> object:
     """Train every candidate, gate each new version, then predict from Production.
 
     Uses the group's --tracking-uri / MLFLOW_TRACKING_URI, else a local SQLite store
@@ -39,7 +43,8 @@ def command(candidates: str, policies: str, model_name: str | None, rows: int, d
     result = run_demo(connect(tracking_uri() or DEFAULT_TRACKING_URI), candidates=candidates,
                       policies=policies, model_name=model_name, rows=rows, details=details,
                       say=(lambda _line: None) if as_json else click.echo,
-                      watch_log=log_uri if watch else None)
+                      watch_log=log_uri if watch else None,
+                      rollout_log=log_uri if rollout else None)
     if as_json:
         click.echo(demo_json(result))
     return result

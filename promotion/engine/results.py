@@ -394,6 +394,7 @@ class DemoResult:
     served_rmse: float | None  # of the loaded alias on the whole holdout
     phases: tuple[Phase, ...] = field(default_factory=tuple)
     watch_loop: Any = None  # promotion.demo_watch.WatchLoop, when the loop ran
+    rollout_loop: Any = None  # promotion.demo_rollout.RolloutLoop, when the loop ran
 
     # The job ran: whatever each gate decided is a result, not a failure of the demo.
     return_code: ClassVar[int] = int(ExitCode.OK)
@@ -421,4 +422,13 @@ class DemoResult:
                 "breached": [c.rule for c in (self.watch_loop.watch.decision.breached
                                               if self.watch_loop.watch.decision else ())],
                 "served_after": self.watch_loop.served_after},
+            "rollout_loop": None if self.rollout_loop is None else {
+                "production": self.rollout_loop.production,
+                "aborted_version": self.rollout_loop.leaky.version,
+                "aborted": self.rollout_loop.aborted.action,
+                "breached": [c.rule for c in (self.rollout_loop.aborted.decision.breached
+                                              if self.rollout_loop.aborted.decision else ())],
+                "promoted_version": self.rollout_loop.retrain.version,
+                "steps": [s.action for s in self.rollout_loop.steps],
+                "served_after": self.rollout_loop.served_after},
         }

@@ -38,9 +38,12 @@ from promotion.policy.model import previous_alias
 from promotion.registry import records as store
 from promotion.registry import rollouts
 from promotion.report.rollout import rollout_files
+from promotion.report.rollout_chart import timeline, timeline_png
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+TIMELINE_RECORDS = 50  # the model's latest decisions read for a rollout's timeline
 
 
 def advance(client: MlflowClient, result: RolloutResult) -> RolloutResult:
@@ -257,6 +260,23 @@ def _nothing_moved(client: MlflowClient, op: Operation, run: store.RecordRun | N
     raise NothingMoved(f"{where}; nothing moved: {exc}") from exc
 
 
+def _timeline(client: MlflowClient, result: RolloutResult, final: Entry) -> dict[str, bytes]:
+    """`timeline.png`: this rollout's decisions so far, this one included (none when the
+    records cannot be read: the chart is a view, the record does not depend on it)."""
+    state = _state(result)
+    try:
+        earlier = store.history(client, result.policy.model, TIMELINE_RECORDS)
+    except RegistryError:
+        return {}
+    ours = [e for e in earlier if e.candidate_version == state.version
+            and e.kind in ("gate", "rollout") and e.decided_at >= state.started_at
+            and e.operation != final.operation]
+    points = timeline([*ours, final], state.steps)
+    title = (f"{result.policy.model} version {state.version} on @{state.canary_alias} "
+             f"({state.mode}): {final.outcome}")
+    return {"timeline.png": timeline_png(points, title)}
+
+
 def _state_of(intent: Intent) -> RolloutState:
     state = RolloutState.from_json(intent.rollout_before or "")
     assert state is not None
@@ -272,8 +292,9 @@ def _finish(client: MlflowClient, op: Operation, result: RolloutResult, run: sto
             f"@{op.intent.alias}: its write got no answer" if op.intent.kind != "step" else
             "the rollout state: its write got no answer",)))
     final = _entry(result, outcome, alias, op.intent.operation)
+    files = {**rollout_files(result), **_timeline(client, result, final)}
     missing = op.finish([*steps, (f"the decision record (run {run.run_id})", partial(
-        store.close_run, client, run, final, result.trigger, files=rollout_files(result)))])
+        store.close_run, client, run, final, result.trigger, files=files))])
     if missing:
         raise RolloutIncomplete(replace(result, missing=missing))
     return result

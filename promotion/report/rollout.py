@@ -81,8 +81,9 @@ def table(result: RolloutResult) -> str:
 
 
 def _live_line(who: str, live: LiveFacts) -> str:
-    return (f"{who} version {live.version}: {live.requests} requests, {live.rows} rows, "
-            f"{live.labels} labelled, error rate {shown(live.error_rate)}, p95 "
+    labelled = f", {live.labels} labelled" if live.labels or live.quality else ""
+    return (f"{who} version {live.version}: {live.requests} requests, {live.rows} rows"
+            f"{labelled}, error rate {shown(live.error_rate)}, p95 "
             f"{shown(live.latency_p95_ms)} ms")
 
 

@@ -247,7 +247,7 @@ def test_list_as_json(listed: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert next(iter(document)) == "schema_version"  # first, like every --json document
     assert document == {"schema_version": 1, "kind": "policy-list", "policies": [
         {"policy": "policies/team/d.yaml", "model": "fraud", "alias": "Production",
-         "watched": False}]}
+         "watched": False, "rollout": False}]}
 
 
 @pytest.mark.parametrize(("select", "expected"), [
@@ -278,6 +278,78 @@ def test_list_per_alias_keeps_the_first_policy_of_each_model_and_alias(
                                                ("policies/team/d.yaml", "fraud", "Production")]
     assert run(["policy", "list", "--per-alias", "--select", "policies/b.yaml"]) == 0
     assert capsys.readouterr().out == "policies/b.yaml: churn@Production\n"
+
+
+WATCH_BLOCK = """\
+watch:
+  rules:
+    error_rate: {max: 5%}
+"""
+ROLLOUT_BLOCK = """\
+rollout:
+  steps: [10%, 50%]
+  rules:
+    error_rate: {max: 5%}
+"""
+
+
+@pytest.fixture
+def blocks(listed: Path) -> Path:
+    """The `listed` repository where a.yaml is watched, c.yml rolls out and d.yaml does both."""
+    for name, extra in {"a.yaml": WATCH_BLOCK, "c.yml": ROLLOUT_BLOCK,
+                        "team/d.yaml": WATCH_BLOCK + ROLLOUT_BLOCK}.items():
+        path = listed / "policies" / name
+        path.write_text(path.read_text() + extra)
+    return listed
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    (["--watched"], [("policies/a.yaml", "churn", "Production"),
+                     ("policies/team/d.yaml", "fraud", "Production")]),
+    (["--rollouts"], [("policies/c.yml", "churn", "Staging"),
+                      ("policies/team/d.yaml", "fraud", "Production")]),
+    (["--watched", "--rollouts"], [("policies/team/d.yaml", "fraud", "Production")]),
+    # Narrowed after the selection: a model whose policies have none of it lists nothing.
+    (["--rollouts", "--select", "churn"], [("policies/c.yml", "churn", "Staging")]),
+    (["--rollouts", "--select", "policies/a.yaml"], []),
+    (["--watched", "--select", "policies/c.yml"], []),
+])
+def test_list_watched_or_rolling_out_keeps_the_policies_with_that_block(
+    blocks: Path, capsys: pytest.CaptureFixture[str], flags: list[str],
+    expected: list[tuple[str, str, str]]
+) -> None:
+    # None is not an error (exit 0, an empty matrix): a repository may watch or roll out nothing.
+    assert run(["policy", "list", *flags, "--format", "github-matrix"]) == 0
+    out, err = capsys.readouterr()
+    assert matrix(out) == expected and err == ""
+
+
+def test_list_says_which_block_each_policy_has(
+    blocks: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["policy", "list", "--format", "json"]) == 0
+    policies = json.loads(capsys.readouterr().out)["policies"]
+    assert [(p["policy"], p["watched"], p["rollout"]) for p in policies] == [
+        ("policies/a.yaml", True, False), ("policies/b.yaml", False, False),
+        ("policies/c.yml", False, True), ("policies/team/d.yaml", True, True)]
+    assert run(["policy", "list", "--rollouts", "--format", "github-matrix"]) == 0
+    entries = json.loads(capsys.readouterr().out)["include"]
+    assert [(e["watched"], e["rollout"]) for e in entries] == [(False, True), (True, True)]
+    assert run(["policy", "list", "--rollouts"]) == 0  # text: the same entries, one a line
+    assert capsys.readouterr().out == ("policies/c.yml: churn@Staging\n"
+                                       "policies/team/d.yaml: fraud@Production\n")
+    assert list_policies([], rollouts=True, per_alias=True).entries == (
+        PolicyEntry("policies/c.yml", "churn", "Staging", rollout=True),
+        PolicyEntry("policies/team/d.yaml", "fraud", "Production", watched=True, rollout=True))
+
+
+def test_list_rollouts_of_a_selection_matching_nothing_is_still_exit_2(
+    blocks: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(["policy", "list", "--rollouts", "--select", "nobody",
+                "--format", "github-matrix"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("::error::no policy under policies/ matches 'nobody'")
 
 
 @pytest.mark.parametrize("select", ["nobody", "policies/missing.yaml", "policies",

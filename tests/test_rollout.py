@@ -32,6 +32,7 @@ from promotion.gate.status import read_history, read_status
 from promotion.monitoring.logstore import LogStore, RequestRecord
 from promotion.policy.model import Agreement, Margin, Rollout, WatchRule
 from promotion.registry import lease
+from promotion.report.decision import table, to_json_text
 
 pytestmark = pytest.mark.mlflow
 
@@ -60,6 +61,12 @@ def canary_started(client, model: str, policy) -> tuple[str, str, RolloutState]:
     v1 = add_version(client, model, {"rmse": 0.9})
     assert run_gate(client, policy).outcome == "promoted"
     v2 = add_version(client, model, {"rmse": 0.5})
+    before = snapshot(client, model)
+    dry = run_gate(client, policy, dry_run=True)
+    assert dry.outcome == "canary" and dry.return_code == 0 and not dry.applied
+    assert snapshot(client, model) == before
+    assert "DRY RUN: WOULD START A ROLLOUT: @Production-canary -> version" in table(dry)
+    assert json.loads(to_json_text(dry))["rollout"]["share"] == policy.rollout.steps[0]
     started = run_gate(client, policy)
     assert started.outcome == "canary" and started.return_code == 0
     state = _state(client, model)

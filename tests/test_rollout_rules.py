@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from promotion.engine.intent import Intent, assess, standing
+from promotion.engine.records import Entry
 from promotion.engine.rollout import (
     GUARD_MIN_REQUESTS,
     ErrorGuard,
@@ -26,7 +27,6 @@ from promotion.engine.rollout import (
 )
 from promotion.engine.step import Agreed, StepFacts, judge_step
 from promotion.engine.watch import LiveFacts
-from promotion.engine.records import Entry
 from promotion.policy.model import Agreement, Margin, Policy, Rollout, WatchRule
 from promotion.report.rollout_chart import timeline, timeline_png
 

@@ -24,7 +24,12 @@ over a real SQLite inference log the test fills: a scheduled run over healthy tr
 the watch table in the summary), a dry-run dispatch and then a scheduled run after failed
 requests (both red; the second rolls @Production back to version 1), and the refusals: a
 dispatch naming an unwatched policy, a run without the log secret; last, a run with nothing
-watched.
+watched. Then, in the same workspace and over the same log, two models whose version 2 the gate
+started rolling out: promote.yml's abort-rollout ends one rollout (green), finds nothing to abort
+the second time (red) and refuses a dispatch without a policy or naming one without a rollout;
+a scheduled monitor.yml run promotes the other rollout on its canary's traffic (green) and finds
+no rollout in progress for the aborted one (green); a push whose first version starts a rollout
+again is green while @Production stays where it was.
 
 The `test` job of promote.yml runs `make test`, i.e. this very suite: the runner treats it as
 passed without running it (it would recurse). The last two stories take the train job as passed
@@ -40,8 +45,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -332,7 +339,7 @@ def test_a_bad_dispatch_input_fails_and_leaves_the_registry_alone(story):
 
 
 @pytest.mark.parametrize(("run", "message"), [
-    ("rollback-all", "a rollback needs the policy input"),
+    ("rollback-all", "action rollback needs the policy input"),
     # Only files under policies/ are gated: they are the ones CODEOWNERS makes reviewers approve.
     ("outside-policies", "no policy under policies/ matches 'train/candidates/a-linear.yaml'"),
 ])
@@ -691,7 +698,7 @@ def test_a_dispatch_naming_an_unwatched_policy_is_refused(monitor):
     plan = run.job("plan")
     step = plan.legs[0].step("plan")
     assert (plan.result, step.returncode) == ("failure", 2), run.describe()
-    assert "::error::no policy selected by the policy input has a watch: block" in \
+    assert "::error::no policy selected by the policy input has a watch: or rollout: block" in \
         step.annotations()
     assert run.job("watch").result == "skipped"
 
@@ -739,3 +746,241 @@ def test_no_monitor_secret_appears_anywhere(monitor):
               client.search_model_versions(f"name = '{monitor.model}'")]
     assert not [v for v in values for text in texts if v in text]
     assert "password=***" in kept["inference_log"]  # shown redacted
+
+
+# --------------------------------------------------------------------------------------------
+# Rollouts: monitor.yml takes them further, promote.yml aborts one by hand
+
+
+# One step of half the traffic, judged after a second on a handful of requests: the rollout is
+# promoted by the first scheduled run that sees them.
+ROLLOUT_POLICY = """\
+model: {model}
+metrics:
+  rmse: {{goal: minimize, max: 1.0}}
+rollout:
+  steps: [50%]
+  step_after: 1s
+  min_requests: 10
+  rules:
+    error_rate: {{max: 5%}}
+"""
+ROLLOUT_TABLE = "| rule | candidate | Production | bound | status | reason |"
+
+
+@dataclass
+class Rollouts:
+    """Two models whose version 2 the gate started rolling out over version 1."""
+
+    monitor: Monitor  # its workspace, its secrets (the log URI among them) and its log
+    promoted: Story  # the rollout the scheduled run promotes (policies/rollout.yaml)
+    aborted: Story  # the rollout a dispatch aborts (policies/aborted.yaml)
+    runs: dict[str, RunResult] = field(default_factory=dict)
+    registry: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)  # aliases
+
+    def aliases(self, after: str, story: Story) -> dict[str, str]:
+        return self.registry[after][story.model]
+
+
+@pytest.fixture(scope="module")
+def rollouts(monitor, tmp_path_factory) -> Rollouts:
+    """After the monitor story, in its workspace and over its inference log: two policies with a
+    `rollout:` block, each of a model whose version 1 the gate promoted and whose version 2 it
+    then started on @Production-canary. Then:
+
+      abort          promote.yml, action abort-rollout for the second policy: green, the canary
+                     alias removed, @Production untouched;
+      abort-again    the same, naming the model: red (exit 2, no rollout in progress);
+      abort-all      abort-rollout without the policy input: refused by the plan job;
+      abort-unrolled abort-rollout naming a policy without a `rollout:` block: refused;
+      schedule       monitor.yml on schedule, after 12 good requests to the first model's canary
+                     (more than a second ago): the first rollout is promoted (green), the second
+                     policy has none in progress (green, action none);
+      push           promote.yml on push, the train job taken to have registered versions 3
+                     (passes: a rollout starts) and 4 (rejected) of the second model: green,
+                     @Production stays on version 1, version 3 on the canary alias.
+    """
+    from helpers import add_version
+
+    from promotion.engine.rollout import read_state
+    from promotion.gate import run_gate
+    from promotion.monitoring.logstore import LogStore, RequestRecord
+    from promotion.policy.load import load_policy
+    from promotion.registry.client import connect
+
+    ws, secrets = monitor.story.workspace, monitor.story.secrets
+    root = tmp_path_factory.mktemp("rollout")
+    r = Rollouts(monitor, *(Story(f"{kind}-{uuid.uuid4().hex[:10]}", monitor.story.server,
+                                  secrets, ws) for kind in ("rollout", "abort")))
+    client = r.promoted.client()
+    for story, name in ((r.promoted, "rollout.yaml"), (r.aborted, "aborted.yaml")):
+        (ws / "policies" / name).write_text(ROLLOUT_POLICY.format(model=story.model))
+        policy = load_policy(str(ws / "policies" / name))
+        for rmse, outcome in ((0.5, "promoted"), (0.4, "canary")):
+            add_version(client, story.model, {"rmse": rmse})
+            assert run_gate(connect(story.server), policy).outcome == outcome
+
+    # Traffic inside the first model's step: 12 answered by the canary, 12 by Production.
+    state = read_state(client.get_registered_model(r.promoted.model).tags, "Production")[0]
+    assert state is not None and state.version == "2"
+    started = datetime.fromisoformat(state.step_started_at.replace("Z", "+00:00"))
+    store = LogStore(f"sqlite:///{monitor.log}")
+    try:
+        store.migrate()
+        store.write([RequestRecord(uuid.uuid4().hex, started + timedelta(milliseconds=40 * i),
+                                   r.promoted.model, alias, version, 1, 8.0, "ok", 200)
+                     for i in range(1, 13)
+                     for alias, version in (("Production-canary", "2"), ("Production", "1"))])
+    finally:
+        store.close()
+
+    def run(name: str, workflow: Path, event: Event, trained: list[str] | None = None) -> None:
+        given = {} if trained is None else {
+            "assume_success": {"test": RECURSES, "train": HANDED_OVER},
+            "assume_outputs": {"train": {"versions": json.dumps(
+                {r.aborted.model: [int(v) for v in trained]})}}}
+        r.runs[name] = Runner(ws, root / f"runner-{name}", secrets=secrets, **given).run(
+            workflow, event)
+        r.registry[name] = {s.model: s.snapshot()["aliases"] for s in (r.promoted, r.aborted)}
+
+    r.registry["before"] = {s.model: s.snapshot()["aliases"] for s in (r.promoted, r.aborted)}
+    run("abort", PROMOTE, Event.dispatch(policy="policies/aborted.yaml", action="abort-rollout"))
+    run("abort-again", PROMOTE, Event.dispatch(policy=r.aborted.model, action="abort-rollout"))
+    run("abort-all", PROMOTE, Event.dispatch(action="abort-rollout"))
+    run("abort-unrolled", PROMOTE, Event.dispatch(policy="policies/watched.yaml",
+                                                  action="abort-rollout"))
+    time.sleep(max(0.0, started.timestamp() + 1.5 - time.time()))  # the step lasted step_after
+    run("schedule", MONITOR, Event.schedule())
+    trained = [add_version(client, r.aborted.model, {"rmse": rmse}) for rmse in (0.3, 1.5)]
+    run("push", PROMOTE, Event.push("5" * 40), trained)
+    return r
+
+
+def rollout_leg(run: RunResult, story: Story):
+    (leg,) = [leg for leg in run.job("rollout").legs if leg.matrix["model"] == story.model]
+    return leg
+
+
+def test_the_plan_lists_the_policies_with_a_rollout_block(rollouts):
+    run = rollouts.runs["schedule"]
+    plan = run.job("plan")
+    assert plan.result == "success", run.describe()
+    assert [(e["policy"], e["model"], e["alias"])
+            for e in json.loads(plan.outputs["rollouts"])["include"]] == [
+        ("policies/aborted.yaml", rollouts.aborted.model, "Production"),
+        ("policies/rollout.yaml", rollouts.promoted.model, "Production")]
+    assert (plan.outputs["rollout_count"], plan.outputs["count"]) == ("2", "0")
+    assert "nothing to watch" in plan.summary and run.job("watch").result == "skipped"
+
+
+def test_the_rollout_job_runs_in_production_queued_with_the_gate(rollouts):
+    for story in (rollouts.promoted, rollouts.aborted):
+        leg = rollout_leg(rollouts.runs["schedule"], story)
+        assert leg.environment == "production"
+        assert leg.concurrency == {"group": f"promote-{story.model}",
+                                   "cancel-in-progress": False, "queue": "max"}
+
+
+def test_a_scheduled_run_promotes_a_rollout_whose_step_passed(rollouts):
+    run, story = rollouts.runs["schedule"], rollouts.promoted
+    leg = rollout_leg(run, story)
+    step = leg.step("rollout")
+    assert (leg.result, step.returncode) == ("success", 0), run.describe()
+    assert "--once" in step.script
+    assert step.outputs == {"action": "promote", "version": "2", "step": "1", "share": "0.5",
+                            "dry_run": "false"}
+    assert rollouts.aliases("before", story) == {"Production": "1", "Production-canary": "2"}
+    assert rollouts.aliases("schedule", story) == {"Production": "2", "Production-previous": "1"}
+    assert f"### Rollout: PROMOTED  {story.model}@Production" in leg.summary
+    assert ROLLOUT_TABLE in leg.summary and "| error_rate max |" in leg.summary
+    kept = json.loads((run.artifacts / f"rollout-{run.job('rollout').legs.index(leg)}"
+                       / "rollout.json").read_text())
+    assert (kept["action"], kept["applied"], kept["candidate"]["requests"]) == ("promote", True,
+                                                                                 12)
+
+
+def test_a_policy_with_no_rollout_in_progress_is_a_quiet_green_run(rollouts):
+    run, story = rollouts.runs["schedule"], rollouts.aborted
+    leg = rollout_leg(run, story)
+    step = leg.step("rollout")
+    assert (leg.result, step.returncode) == ("success", 0), run.describe()
+    assert step.outputs == {"action": "none", "version": "", "step": "", "share": "",
+                            "dry_run": "false"}
+    assert f"NO ROLLOUT  {story.model}@Production" in leg.summary
+    assert rollouts.aliases("schedule", story) == rollouts.aliases("abort", story)
+
+
+def test_an_abort_rollout_dispatch_removes_the_canary_alias(rollouts):
+    run, story = rollouts.runs["abort"], rollouts.aborted
+    assert {run.job(j).result for j in ("gate", "dry-run", "rollback")} == {"skipped"}
+    job = run.job("abort-rollout")
+    assert job.result == "success", run.describe()
+    (leg,) = job.legs
+    assert (leg.matrix["policy"], leg.environment) == ("policies/aborted.yaml", "production")
+    assert leg.concurrency == {"group": f"promote-{story.model}", "cancel-in-progress": False,
+                               "queue": "max"}
+    step = leg.step("abort")
+    assert step.outputs == {"action": "abort", "version": "2", "step": "1", "share": "0.5",
+                            "dry_run": "false"}
+    assert rollouts.aliases("before", story)["Production-canary"] == "2"
+    assert "Production-canary" not in rollouts.aliases("abort", story)
+    assert rollouts.aliases("abort", story)["Production"] == "1"
+    # Who and why, in the summary and the record: the actor, and this run.
+    assert "ABORTED" in leg.summary and "aborted by smoke-test via GitHub Actions" in leg.summary
+    assert "abort-rollout dispatched in https://github.com/example/promote/actions/runs/" in \
+        leg.summary
+    assert rollouts.aliases("abort", rollouts.promoted) == \
+        rollouts.aliases("before", rollouts.promoted)
+
+
+def test_an_abort_rollout_with_nothing_in_progress_is_red(rollouts):
+    run = rollouts.runs["abort-again"]
+    (leg,) = run.job("abort-rollout").legs  # the model name selected its one rollout policy
+    step = leg.step("abort")
+    assert (leg.result, step.returncode) == ("failure", 2), run.describe()
+    assert "nothing to abort" in step.stderr
+    assert rollouts.registry["abort-again"] == rollouts.registry["abort"]
+
+
+@pytest.mark.parametrize(("run", "message"), [
+    ("abort-all", "action abort-rollout needs the policy input"),
+    ("abort-unrolled", "no policy selected by the policy input has a rollout: block"),
+])
+def test_an_abort_rollout_names_one_policy_with_a_rollout(rollouts, run, message):
+    result = rollouts.runs[run]
+    step = result.job("plan").legs[0].step("plan")
+    assert step.returncode == 2 and step.outputs == {}, result.describe()
+    assert any(a.startswith(f"::error::{message}") for a in step.annotations())
+    assert result.job("abort-rollout").result == "skipped"
+    assert rollouts.registry[run] == rollouts.registry["abort"]
+
+
+def test_no_rollout_secret_appears_anywhere(rollouts):
+    from urllib.parse import parse_qs, urlsplit
+
+    secrets = rollouts.monitor.story.secrets
+    log_password = parse_qs(urlsplit(secrets["PROMOTE_LOG_URI"]).query)["password"][0]
+    values = [*secret_values(secrets), log_password]
+    assert [(name, where) for name, run in rollouts.runs.items()
+            for where, text in run.texts() for value in values if value in text] == []
+    client = rollouts.promoted.client()
+    texts = [json.dumps(mv.tags) for story in (rollouts.promoted, rollouts.aborted)
+             for mv in client.search_model_versions(f"name = '{story.model}'")]
+    assert not [v for v in values for text in texts if v in text]
+
+
+def test_a_push_whose_version_starts_a_rollout_is_green(rollouts):
+    run, story = rollouts.runs["push"], rollouts.aborted
+    leg = gate_leg(run, story.model)
+    step = leg.step("trained")
+    assert (leg.result, step.returncode) == ("success", 0), run.describe()
+    decisions = {p.name: json.loads(p.read_text())["outcome"] for p in
+                 (run.artifacts / f"decision-{run.job('gate').legs.index(leg)}").glob("*.json")}
+    assert decisions == {"decision-3.json": "canary", "decision-4.json": "rejected"}
+    # The version that went furthest: on the canary alias; the alias itself did not move.
+    assert leg.outputs == {"decision": "canary", "candidate_version": "3",
+                           "production_version": "1"}
+    assert rollouts.aliases("push", story) == {"Production": "1", "Production-canary": "3"}
+    assert f"Version 3, trained in this run, is rolling out: `{story.model}`@Production stays " \
+           "on version 1" in leg.summary
+    assert "is now version" not in leg.summary

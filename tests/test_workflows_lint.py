@@ -5,7 +5,8 @@ also shown a broken workflow so a linter that silently checks nothing would fail
 are the rules of docs/github-actions.md the linters do not enforce: read-only top-level
 permissions, actions pinned to a commit with the version beside it, secrets and inputs reaching
 scripts only through `env:`, and the alias moved only from the `production` environment, one run
-per model at a time (the scheduled watch of monitor.yml included: it shares the gate's group).
+per model at a time (the scheduled watch and rollout of monitor.yml and the abort of a rollout
+included: they share the gate's group).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def test_promote_triggers(workflows):
     inputs = on["workflow_dispatch"]["inputs"]
     assert set(inputs) == {"policy", "candidate", "action"}
     assert inputs["action"]["type"] == "choice"
-    assert inputs["action"]["options"] == ["gate", "dry-run", "rollback"]
+    assert inputs["action"]["options"] == ["gate", "dry-run", "rollback", "abort-rollout"]
 
 
 def test_promote_job_order(workflows):
@@ -207,7 +208,8 @@ def test_promote_job_order(workflows):
 
 
 @pytest.mark.parametrize(("workflow", "job_id"), [
-    ("promote.yml", "gate"), ("promote.yml", "rollback"), ("monitor.yml", "watch")])
+    ("promote.yml", "gate"), ("promote.yml", "rollback"), ("promote.yml", "abort-rollout"),
+    ("monitor.yml", "watch"), ("monitor.yml", "rollout")])
 def test_only_the_production_environment_moves_the_alias(workflows, workflow, job_id):
     job = workflows[workflow]["jobs"][job_id]
     assert job["environment"] == "production"
@@ -228,6 +230,7 @@ def test_jobs_outside_production_cannot_move_the_alias(workflows):
                 script = step.get("run", "")
                 assert "promote rollback" not in script, (name, job_id)
                 assert "promote watch" not in script, (name, job_id)  # a breach rolls back
+                assert "promote rollout" not in script, (name, job_id)  # it moves aliases
                 if "promote gate" in script:
                     assert "--dry-run" in script, (name, job_id)
 
@@ -261,10 +264,11 @@ def test_monitor_triggers(workflows):
 
 def test_monitor_plans_the_watched_policies_and_watches_each_once(workflows):
     jobs = workflows["monitor.yml"]["jobs"]
-    assert set(jobs) == {"plan", "watch"}
+    assert set(jobs) == {"plan", "watch", "rollout"}
     plan = " ".join(s.get("run", "") for s in jobs["plan"]["steps"])
     assert "promote policy validate --format github" in plan
     assert 'promote policy list --select "$POLICY" --watched --format github-matrix' in plan
+    assert 'promote policy list --select "$POLICY" --rollouts --format github-matrix' in plan
     watch = jobs["watch"]
     assert watch["needs"] == "plan"
     assert watch["strategy"] == {"fail-fast": False,
@@ -276,6 +280,40 @@ def test_monitor_plans_the_watched_policies_and_watches_each_once(workflows):
     # A breach (exit 1) must make the job red: that is the alert.
     assert not any(s.get("continue-on-error") for s in watch["steps"])
     assert watch.get("continue-on-error") is None
+
+
+def test_monitor_judges_each_rollout_once(workflows):
+    jobs = workflows["monitor.yml"]["jobs"]
+    rollout = jobs["rollout"]
+    assert rollout["needs"] == "plan"
+    assert rollout["if"] == "needs.plan.outputs.rollout_count != '0'"
+    assert rollout["strategy"] == {"fail-fast": False,
+                                   "matrix": "${{ fromJSON(needs.plan.outputs.rollouts) }}"}
+    assert set(jobs["plan"]["outputs"]) == {"matrix", "count", "rollouts", "rollout_count"}
+    (step,) = [s for s in rollout["steps"] if "promote rollout" in s.get("run", "")]
+    assert 'promote rollout "$POLICY" --once ${dry_run:+--dry-run} --json' in step["run"]
+    assert step["env"]["DRY_RUN"] == "${{ inputs.dry_run }}"
+    assert step["env"]["PROMOTE_LOG_URI"] == "${{ secrets.PROMOTE_LOG_URI }}"
+    # An abort after a breach (exit 1) must make the job red: that is the alert.
+    assert not any(s.get("continue-on-error") for s in rollout["steps"])
+    assert rollout.get("continue-on-error") is None
+    (kept,) = [s for s in rollout["steps"] if s.get("uses", "").startswith("actions/upload-")]
+    assert (kept["if"], kept["with"]["name"]) == ("${{ !cancelled() }}",
+                                                  "rollout-${{ strategy.job-index }}")
+
+
+def test_an_abort_of_a_rollout_names_one_policy_and_why(workflows):
+    jobs = workflows["promote.yml"]["jobs"]
+    plan = " ".join(s.get("run", "") for s in jobs["plan"]["steps"])
+    assert "abort-rollout) PER_ALIAS=yes ROLLOUTS=yes ;;" in plan
+    assert '[ -n "$PER_ALIAS$ROLLOUTS" ] && [ -z "$POLICY" ]' in plan  # never every policy
+    job = jobs["abort-rollout"]
+    assert job["if"] == ("github.event_name == 'workflow_dispatch' && "
+                         "inputs.action == 'abort-rollout'")
+    (step,) = [s for s in job["steps"] if "promote rollout" in s.get("run", "")]
+    assert 'promote rollout "$POLICY" --abort --reason "' in step["run"]
+    assert "PROMOTE_LOG_URI" not in step["env"]  # an abort reads no traffic
+    assert not any(s.get("continue-on-error") for s in job["steps"])
 
 
 def test_monitor_keeps_the_watch_like_the_gate_keeps_its_decision(workflows):
@@ -338,6 +376,7 @@ def routes(path: Path, event, tmp_path, outputs: dict[str, dict[str, str]] | Non
     ("gate", {"plan", "gate"}),
     ("dry-run", {"plan", "dry-run"}),
     ("rollback", {"plan", "rollback"}),
+    ("abort-rollout", {"plan", "abort-rollout"}),
 ])
 def test_promote_routes_each_event_to_its_jobs(tmp_path, event, jobs):
     from workflow_runner import Event
@@ -353,18 +392,24 @@ def test_policy_check_routes_a_pull_request(tmp_path):
     assert routes(WORKFLOWS / "policy-check.yml", event, tmp_path) == {"validate", "preview"}
 
 
-@pytest.mark.parametrize(("event", "count", "jobs"), [
-    ("schedule", "2", {"plan", "watch"}),
-    ("dispatch", "1", {"plan", "watch"}),
-    ("schedule", "0", {"plan"}),  # no policy watched: an empty matrix would fail the run
+@pytest.mark.parametrize(("event", "count", "rollout_count", "jobs"), [
+    ("schedule", "2", "1", {"plan", "watch", "rollout"}),
+    ("dispatch", "1", "0", {"plan", "watch"}),
+    ("dispatch", "0", "1", {"plan", "rollout"}),
+    # Nothing watched or rolled out: an empty matrix would fail the run.
+    ("schedule", "0", "0", {"plan"}),
 ])
-def test_monitor_routes_each_event_to_its_jobs(tmp_path, event, count, jobs):
+def test_monitor_routes_each_event_to_its_jobs(tmp_path, event, count, rollout_count, jobs):
     from workflow_runner import Event
 
     trigger = Event.schedule() if event == "schedule" else Event.dispatch(dry_run=True)
-    entries = [{"policy": f"policies/{n}.yaml", "model": f"m{n}", "alias": "Production"}
-               for n in range(int(count))]
-    outputs = {"plan": {"count": count, "matrix": json.dumps({"include": entries})}}
+
+    def entries(n: int) -> str:
+        return json.dumps({"include": [{"policy": f"policies/{i}.yaml", "model": f"m{i}",
+                                        "alias": "Production"} for i in range(n)]})
+
+    outputs = {"plan": {"count": count, "matrix": entries(int(count)),
+                        "rollout_count": rollout_count, "rollouts": entries(int(rollout_count))}}
     assert routes(WORKFLOWS / "monitor.yml", trigger, tmp_path, outputs) == jobs
 
 

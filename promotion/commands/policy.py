@@ -120,21 +120,24 @@ def schema() -> int:
               help="One entry per (model, alias): the first policy file guarding it.")
 @click.option("--watched", is_flag=True,
               help="Only policies with a watch: block (none is not an error).")
+@click.option("--rollouts", is_flag=True,
+              help="Only policies with a rollout: block (none is not an error).")
 @click.option("--format", "output_format", type=click.Choice(LIST_FORMATS), default="text",
               show_default=True,
               help="github-matrix: one line {\"include\": [...]}, errors also as ::error "
                    "annotations.")
 def list_command(paths: tuple[str, ...], select: str | None, per_alias: bool, watched: bool,
-                 output_format: str) -> int:
+                 rollouts: bool, output_format: str) -> int:
     """List the policies under PATHS (default: policies/): file, model and alias.
 
     Only files under PATHS count, so a selection can only pick a policy that is there (in a
-    repository: one that code review has seen). Every file is validated; exit code 0 with at
-    least one entry, 2 for an invalid policy or a selection that matches nothing.
+    repository: one that code review has seen). Every file is validated; exit code 0 when the
+    selection matches (--watched and --rollouts may then leave no entry), 2 for an invalid
+    policy or a selection that matches nothing.
     """
     try:
         text = listing_text(list_policies(paths, select=select, per_alias=per_alias,
-                                          watched=watched), output_format)
+                                          watched=watched, rollouts=rollouts), output_format)
     except InvalidInput as exc:
         if output_format == "github-matrix":  # stdout is the matrix: annotate on stderr
             for line in error_annotations(exc):

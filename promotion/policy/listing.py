@@ -45,10 +45,11 @@ class PolicyEntry:
     model: str
     alias: str
     watched: bool = False  # it has a `watch:` block (monitor.yml watches it)
+    rollout: bool = False  # it has a `rollout:` block (monitor.yml takes its rollouts further)
 
     def as_dict(self) -> dict[str, str | bool]:
         return {"policy": self.policy, "model": self.model, "alias": self.alias,
-                "watched": self.watched}
+                "watched": self.watched, "rollout": self.rollout}
 
 
 @dataclass(frozen=True)
@@ -59,20 +60,23 @@ class PolicyListing:
 
 
 def list_policies(paths: Sequence[str], *, select: str | None = None,
-                  per_alias: bool = False, watched: bool = False) -> PolicyListing:
+                  per_alias: bool = False, watched: bool = False,
+                  rollouts: bool = False) -> PolicyListing:
     """The policies under `paths` (default policies/), in file order, narrowed by `select`.
 
     `select` names a policy file (compared as an absolute path, so `./policies/a.yaml` matches)
     or a model (every policy of it); None or "" selects everything. `per_alias` keeps the first
-    policy of each (model, alias); `watched` keeps only policies with a `watch:` block (possibly
-    none: a repository may watch nothing yet). Raises PolicyError if any file is invalid,
-    InvalidInput if the selection matches nothing.
+    policy of each (model, alias); `watched` keeps only policies with a `watch:` block and
+    `rollouts` only those with a `rollout:` block (both: only those with both), possibly none: a
+    repository may watch nothing, or roll nothing out, yet. Raises PolicyError if any file is
+    invalid, InvalidInput if the selection matches nothing.
     """
     files = policy_files(paths)
     loaded, issues = load_each(files)
     if issues:
         raise PolicyError(issues)
-    entries = [PolicyEntry(path, policy.model, policy.alias, policy.watch is not None)
+    entries = [PolicyEntry(path, policy.model, policy.alias, policy.watch is not None,
+                           policy.rollout is not None)
                for path, policy in loaded]
     if select:
         entries = [e for e in entries if _selects(select, e)]
@@ -80,6 +84,8 @@ def list_policies(paths: Sequence[str], *, select: str | None = None,
             raise InvalidInput(_no_match(select, paths, files))
     if watched:
         entries = [e for e in entries if e.watched]
+    if rollouts:
+        entries = [e for e in entries if e.rollout]
     if per_alias:
         # A rollback once per alias: a second one of the same alias would flip it back.
         first: dict[tuple[str, str], PolicyEntry] = {}

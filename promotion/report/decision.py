@@ -132,10 +132,10 @@ def _headline(result: GateResult) -> str:
     canary = result.canary
     if result.dry_run:
         would = {"promoted": f"WOULD PROMOTE version {v} to @{alias}",
-                 "canary": f"WOULD START A ROLLOUT: {_started(result)}",
                  "already": f"version {v} already holds @{alias}"}
-        return f"DRY RUN: {would.get(result.outcome, f'{word}: version {v} would stay out')}" \
-               " (nothing was written)"
+        text = f"WOULD START A ROLLOUT: {_started(result)}" if result.outcome == "canary" else \
+            would.get(result.outcome, f"{word}: version {v} would stay out")
+        return f"DRY RUN: {text} (nothing was written)"
     if result.missing and not result.applied:
         return (f"UNKNOWN: @{result.moved_alias} may have moved to version {v} (its write got "
                 "no answer); the next gate or `promote status` tells")

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import click
 
+from promotion.errors import LogUnavailable, RegistryError
 from promotion.policy.checks import DURATION_UNITS
 
 
@@ -41,3 +42,16 @@ def stop_event() -> Iterator[threading.Event]:
         yield stop
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def repeat(interval: float, once: Callable[[], object], what: str) -> None:
+    """Run `once` every `interval` seconds until SIGTERM or Ctrl-C, going on when the registry
+    or the log database is briefly unreachable (said on stderr)."""
+    with stop_event() as stop:
+        while not stop.is_set():
+            try:
+                once()
+            except (RegistryError, LogUnavailable) as exc:
+                click.echo(f"{what} failed this time, trying again in {interval:g}s: {exc}",
+                           err=True)
+            stop.wait(interval)

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING
 import click
 
 from promotion.commands import tracking_uri
-from promotion.commands.repeat import every_seconds, stop_event
+from promotion.commands.repeat import every_seconds, repeat
 from promotion.engine.results import RolloutConflict, RolloutIncomplete
-from promotion.errors import LogUnavailable, RegistryError
 from promotion.gate.rollout import abort_rollout, rollout_of, run_rollout
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, LogStore
 from promotion.policy.load import load_policy
@@ -77,14 +76,7 @@ def command(policy_path: str, once: bool, every: str | None, abort: bool, reason
     try:
         if interval is None:
             return _one(client, policy, store, dry_run, as_json)
-        with stop_event() as stop:
-            while not stop.is_set():
-                try:
-                    _one(client, policy, store, dry_run, as_json)
-                except (RegistryError, LogUnavailable) as exc:
-                    click.echo(f"rollout failed this time, trying again in {interval:g}s: "
-                               f"{exc}", err=True)
-                stop.wait(interval)
+        repeat(interval, lambda: _one(client, policy, store, dry_run, as_json), "rollout")
     finally:
         store.close()
     return None

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import click
 
 from promotion.commands import tracking_uri
-from promotion.commands.repeat import every_seconds, stop_event
+from promotion.commands.repeat import every_seconds, repeat
 from promotion.engine.results import WatchNotApplied
-from promotion.errors import InvalidInput, LogUnavailable, RegistryError
+from promotion.errors import InvalidInput
 from promotion.gate.watch import run_watch
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, LogStore
 from promotion.policy.load import load_policy
@@ -71,7 +71,8 @@ def command(policy_path: str, once: bool, every: str | None, dry_run: bool, as_j
     try:
         if interval is None:
             return _one(client, policy, store, dry_run, as_json, report_dir)
-        _repeat(client, policy, store, dry_run, as_json, report_dir, interval)
+        repeat(interval, lambda: _one(client, policy, store, dry_run, as_json, report_dir),
+               "watch")
     finally:
         store.close()
     return None
@@ -95,15 +96,3 @@ def _one(client: MlflowClient, policy: Policy, store: LogStore, dry_run: bool,
         for name, data in files.items():
             (report_dir / name).write_bytes(data)
     return result
-
-
-def _repeat(client: MlflowClient, policy: Policy, store: LogStore, dry_run: bool,
-            as_json: bool, report_dir: Path | None, interval: float) -> None:
-    with stop_event() as stop:
-        while not stop.is_set():
-            try:
-                _one(client, policy, store, dry_run, as_json, report_dir)
-            except (RegistryError, LogUnavailable) as exc:
-                click.echo(f"watch failed this time, trying again in {interval:g}s: {exc}",
-                           err=True)
-            stop.wait(interval)

@@ -12,6 +12,7 @@ computed now from that set.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from promotion.evaluation.versions import call_predict, load_version
 from promotion.monitoring.drift import DriftAccumulator
 from promotion.monitoring.logstore import LogStore
 from promotion.monitoring.profile import Profile, build_profile
-from promotion.policy.model import Margin, Policy
+from promotion.policy.model import Margin, Policy, WatchRule
 from promotion.registry import monitoring, profiles
 
 if TYPE_CHECKING:
@@ -138,6 +139,18 @@ def agreement(store: LogStore, model: str, production: str, candidate: str, wind
     else:
         same = np.array([str(a) == str(b) for a, b in zip(ours, theirs, strict=True)])
     return Agreed(len(ours), int(np.count_nonzero(same)))
+
+
+def profile_for(client: MlflowClient, policy: Policy, rules: Sequence[WatchRule],
+                version: VersionFacts, dry_run: bool) -> ReferenceProfile:
+    """The version's reference profile when a drift rule needs one (kept on its monitoring run
+    when it had to be computed now, unless this is a dry run)."""
+    if not any(r.name.startswith(("prediction_", "feature_")) for r in rules):
+        return ReferenceProfile(None, None)
+    reference = reference_profile(client, policy, version, version.run_id)
+    if reference.computed and reference.profile is not None and not dry_run:
+        store_profile(client, policy.model, version.version, reference.profile)
+    return reference
 
 
 def reference_profile(client: MlflowClient, policy: Policy, version: VersionFacts,

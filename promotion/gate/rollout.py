@@ -127,17 +127,13 @@ def _facts(client: MlflowClient, policy: Policy, rollout: Rollout, log: LogStore
     window = live.Window(start, max(end, start))
     version = registry.version_facts(client, registry.get_version(client, policy.model,
                                                                   state.version))
-    needs_profile = any(r.name.startswith(("prediction_", "feature_")) for r in rollout.rules)
-    reference = live.reference_profile(client, policy, version, version.run_id) \
-        if needs_profile else live.ReferenceProfile(None, None)
-    if reference.computed and reference.profile is not None and not dry_run:
-        live.store_profile(client, policy.model, version.version, reference.profile)
+    reference = live.profile_for(client, policy, rollout.rules, version, dry_run)
     quality = tuple(r.name for r in rollout.rules if r.is_quality)
     try:
         log.migrate()
         candidate = live.measure(log, policy.model, state.version, window,
                                  profile=reference.profile, profile_where=reference.where,
-                                 quality=quality, drift=needs_profile,
+                                 quality=quality, drift=reference.profile is not None,
                                  profile_problem=reference.problem)
         baseline = live.measure(log, policy.model, production, window, quality=quality,
                                 drift=False)

@@ -98,18 +98,15 @@ def _facts(client: MlflowClient, policy: Policy, watch: Watch, log: LogStore,
            dry_run: bool) -> WatchFacts:
     version = registry.version_facts(client, current)
     promoted_at, by_gate = _promotion(policy, version)
-    needs_profile = any(r.name.startswith(("prediction_", "feature_")) for r in watch.rules)
-    reference = live.reference_profile(client, policy, version, version.run_id) \
-        if needs_profile else live.ReferenceProfile(None, None)
-    if reference.computed and reference.profile is not None and not dry_run:
-        live.store_profile(client, policy.model, version.version, reference.profile)
+    reference = live.profile_for(client, policy, watch.rules, version, dry_run)
     quality = tuple(r.name for r in watch.rules if r.is_quality)
     try:
         log.migrate()  # a log written by an older Promote is brought up to this schema first
         since = max(promoted_at or window.start, window.end - live.MAX_LABEL_AGE)
         measured = live.measure(log, policy.model, version.version, window,
                                 profile=reference.profile, profile_where=reference.where,
-                                quality=quality, drift=needs_profile, labelled_since=since,
+                                quality=quality, drift=reference.profile is not None,
+                                labelled_since=since,
                                 profile_problem=reference.problem)
         baseline = _baseline(log, policy, watch, previous, promoted_at, window, quality)
     except LogUnavailable as exc:

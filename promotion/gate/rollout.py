@@ -44,12 +44,12 @@ def run_rollout(client: MlflowClient, policy: Policy, log: LogStore, *, dry_run:
                 now: float | None = None) -> RolloutResult:
     """Judge the step in force of the rollout of `policy.alias` and advance, abort or promote."""
     rollout = rollout_of(policy)
-    result = _read(client, policy, dry_run, log.where)
+    result, canary = _read(client, policy, dry_run, log.where)
     state = result.state
     if state is None:
         return result
-    if _canary_now(client, policy, state) != state.version:
-        return clear_stale(client, result, dry_run)  # the canary alias moved outside Promote
+    if canary != state.version:
+        return clear_stale(client, result, canary, dry_run)  # moved outside Promote
     if result.production is None:
         return replace(result, note=f"no version holds @{policy.alias}: nothing to compare "
                                     f"version {state.version} with; the rollout waits")
@@ -71,7 +71,7 @@ def abort_rollout(client: MlflowClient, policy: Policy, *, reason: str | None = 
                   dry_run: bool = False) -> RolloutResult:
     """End the rollout of `policy.alias` now, as a person asks (`promote rollout --abort`)."""
     rollout_of(policy)
-    result = _read(client, policy, dry_run, None)
+    result, canary = _read(client, policy, dry_run, None)
     state = result.state
     if state is None:
         raise InvalidInput(f"nothing to abort: no rollout of @{policy.alias} of model "
@@ -79,8 +79,8 @@ def abort_rollout(client: MlflowClient, policy: Policy, *, reason: str | None = 
     who = result.trigger.describe()
     result = replace(result, abort_reason=f"aborted by {who}" + (f": {reason}" if reason
                                                                       else ""))
-    if _canary_now(client, policy, state) != state.version:
-        return clear_stale(client, result, dry_run)
+    if canary != state.version:
+        return clear_stale(client, result, canary, dry_run)
     if dry_run:
         return result
     return abort(client, result)
@@ -94,9 +94,9 @@ def rollout_of(policy: Policy) -> Rollout:
 
 
 def _read(client: MlflowClient, policy: Policy, dry_run: bool,
-          log: str | None) -> RolloutResult:
-    """The model's rollout of the policy's alias, after finishing whatever an interrupted
-    command left (unless this is a dry run, which only reads)."""
+          log: str | None) -> tuple[RolloutResult, str | None]:
+    """The model's rollout of the policy's alias and where its canary alias points, after
+    finishing whatever an interrupted command left (unless this is a dry run: it only reads)."""
     with nothing_moved_unless_said(policy.alias):
         model = journal.read_state(client, policy.model)
         resolved = None
@@ -110,15 +110,12 @@ def _read(client: MlflowClient, policy: Policy, dry_run: bool,
                            "--abort` clears it")
     note = None if state is not None else \
         f"no rollout of @{policy.alias} is in progress: nothing to do"
-    return RolloutResult(policy=policy, state=state, production=model.aliases.get(policy.alias),
-                         dry_run=dry_run, decided_at=records.utc_now(),
-                         trigger=Trigger.from_env(), tracking_uri=describe_uri(client), log=log,
-                         resolved=resolved, note=note)
-
-
-def _canary_now(client: MlflowClient, policy: Policy, state: RolloutState) -> str | None:
-    with nothing_moved_unless_said(state.canary_alias):
-        return registry.alias_version(client, policy.model, state.canary_alias)
+    result = RolloutResult(policy=policy, state=state,
+                           production=model.aliases.get(policy.alias), dry_run=dry_run,
+                           decided_at=records.utc_now(), trigger=Trigger.from_env(),
+                           tracking_uri=describe_uri(client), log=log, resolved=resolved,
+                           note=note)
+    return result, model.aliases.get(state.canary_alias) if state is not None else None
 
 
 def _facts(client: MlflowClient, policy: Policy, rollout: Rollout, log: LogStore,

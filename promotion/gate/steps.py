@@ -131,11 +131,11 @@ def promote(client: MlflowClient, result: RolloutResult) -> RolloutResult:
                 rollouts.write_state, client, model, alias, None))])
 
 
-def clear_stale(client: MlflowClient, result: RolloutResult, dry_run: bool) -> RolloutResult:
-    """The state names a version the canary alias no longer points at (moved or removed outside
-    Promote): no endpoint follows it; remove it, recorded as an abort."""
+def clear_stale(client: MlflowClient, result: RolloutResult, canary: str | None,
+                dry_run: bool) -> RolloutResult:
+    """The state names a version the canary alias no longer points at (`canary`: moved or
+    removed outside Promote): no endpoint follows it; remove it, recorded as an abort."""
     state = _state(result)
-    canary = registry.alias_version(client, result.policy.model, state.canary_alias)
     why = (f"the rollout of version {state.version} was stale: @{state.canary_alias} points at "
            f"{version_or_none(canary, 'nothing')} (moved outside Promote); its state is removed")
     result = replace(result, abort_reason=result.abort_reason or why, note=why)

@@ -17,18 +17,20 @@ One run, on this machine, loopback only, everything in a temporary directory:
                   (mode shadow, one step of 100 %: every request is mirrored), written with
                   `registry.rollouts.write_state`;
      after each switch the endpoint's /health is polled until its `canary` shows the new
-     configuration (absent; or shadow, version B, serving), and before every round until
-     /version shows the shadow queue and the inference log's queue empty: a round starts on an
-     idle endpoint, never on what the previous round left behind;
+     configuration (absent; or shadow, version B, serving); before every round, until /version
+     shows the inference log's queue empty and, before a no-canary round, the shadow queue too
+     (the canary gone, what is left of it is dropped at once): no round pays for the log's or the
+     shadow's backlog of another configuration. A shadow round that follows a shadow round
+     starts with what the mirror still holds, as it would under continued load;
   4. each round is bench/serve.py's closed-loop load: CONCURRENCY keep-alive connections (stdlib
      http.client, one thread each, in this process) send 1-row `dataframe_split` requests for
      SECONDS (at most REQUESTS requests).
 Printed: per configuration, requests/s (median of the rounds), p50 and p99 latency (over every
 request of every round) and errors; the ratios shadow / no canary; whether the goals are met
-(shadow's p50 at most 5 % and its p99 at most 10 % above no canary's); what the mirror did with
-the copies of the shadow rounds (scored, failed, dropped, still queued when the round ended) and
-the endpoint's own `canary_totals` from /version. Figures only: the exit code is 0 whether or not
-a goal is met.
+(shadow's p50 at most 5 % and its p99 at most 10 % above no canary's); what the mirror did
+during the shadow rounds (copies scored, failed, dropped; the most still queued when a round
+ended) and the endpoint's own `canary_totals` from /version. Figures only: the exit code is 0
+whether or not a goal is met.
 
     .venv/bin/python bench/rollout.py [--seconds 6] [--requests 5000] [--rounds 4]
                                       [--concurrency 8] [--candidate random-forest]
@@ -106,14 +108,14 @@ def run(tmp: Path, args: argparse.Namespace) -> int:
         for r in range(args.rounds):
             for config in (NONE, SHADOW) if r % 2 == 0 else (SHADOW, NONE):
                 switch(registry, endpoint, config)
-                endpoint.wait_quiet()
+                endpoint.wait_quiet(shadow_too=config == NONE)
                 before = endpoint.totals()
                 serve_bench.load(url, payload, args.seconds, args.requests, args.concurrency,
                                  measures[config])
                 if config == SHADOW:
                     mirrored.add(before, endpoint.totals())
         switch(registry, endpoint, NONE)
-        endpoint.wait_quiet()
+        endpoint.wait_quiet(shadow_too=True)
         totals = endpoint.totals()
     report(measures, mirrored, totals, args, primary, candidate)
     return 0
@@ -183,12 +185,13 @@ class Endpoint:
     def totals(self) -> dict[str, int]:
         return self.get("/version")["canary_totals"]
 
-    def wait_quiet(self) -> None:
-        """Until nothing of a previous round is left: no copy waiting for the shadow canary, no
-        record waiting for the inference log."""
+    def wait_quiet(self, shadow_too: bool) -> None:
+        """Until no record of a previous round waits for the inference log and, with
+        `shadow_too`, no copy waits for the shadow canary."""
         def quiet() -> bool:
             version = self.get("/version")
-            return version["canary_totals"]["shadow_queued"] == 0 and version["log"]["queued"] == 0
+            return version["log"]["queued"] == 0 and (
+                not shadow_too or version["canary_totals"]["shadow_queued"] == 0)
 
         wait(quiet, QUIET_TIMEOUT, "the endpoint never emptied its shadow and log queues")
 
@@ -225,7 +228,7 @@ class Mirrored:
         for outcome in ("scored", "failed", "dropped"):
             key = f"shadow_{outcome}"
             self.counts[outcome] += after[key] - before[key]
-        self.counts["queued"] += after["shadow_queued"]  # left when the round ended
+        self.counts["queued"] = max(self.counts["queued"], after["shadow_queued"])
 
 
 def report(measures: dict[str, serve_bench.Measure], mirrored: Mirrored, totals: dict[str, int],
@@ -250,9 +253,9 @@ def report(measures: dict[str, serve_bench.Measure], mirrored: Mirrored, totals:
               f"{'met' if ratio - 1 <= goal else 'NOT met'} ({ratio - 1:+.1%})")
     c = mirrored.counts
     copies = len(shadow.latencies) - shadow.errors
-    print(f"\nmirror during the shadow rounds: {copies} requests answered and mirrored; copies "
-          f"scored {c['scored']}, failed {c['failed']}, dropped {c['dropped']} (queue full), "
-          f"queued at a round's end {c['queued']}")
+    print(f"\nmirror during the shadow rounds: {copies} requests answered and mirrored; the "
+          f"mirror scored {c['scored']} copies, failed {c['failed']}, dropped {c['dropped']} "
+          f"(queue full); at most {c['queued']} still queued when a round ended")
     print(f"endpoint /version canary_totals (since start, warm-up and drains included): "
           f"scored {totals['shadow_scored']}, failed {totals['shadow_failed']}, dropped "
           f"{totals['shadow_dropped']}, queued {totals['shadow_queued']}")

@@ -492,7 +492,7 @@ JSON_FIELDS = {"schema_version", "kind", "model", "alias", "previous_alias", "ou
                "return_code", "dry_run", "applied", "summary", "reasons", "candidate",
                "production", "conflict_version", "policy", "rules", "evaluation", "decided_at",
                "trigger", "tracking_uri", "record_run_id", "resolved", "record_complete",
-               "missing"}
+               "missing", "moved_alias", "rollout"}
 RULE_FIELDS = {"metric", "kind", "source", "passed", "inconclusive", "candidate", "production",
                "bound", "reason", "difference", "interval", "margin"}
 

@@ -11,6 +11,8 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -426,7 +428,7 @@ def test_a_hanging_shadow_canary_blocks_only_its_own_thread(registry, follower, 
                 version = (await http.get("/version")).json()
                 assert version["canary_totals"] == {
                     "fallbacks": 0, "shadow_scored": 0, "shadow_failed": 0,
-                    "shadow_dropped": 6, "shadow_queued": 3}
+                    "shadow_dropped": 6, "shadow_queued": 3, "shadow_batches": 0}
             stopping = time.monotonic()
         return time.monotonic() - stopping
 
@@ -436,6 +438,50 @@ def test_a_hanging_shadow_canary_blocks_only_its_own_thread(registry, follower, 
         assert mirror.stats().dropped == 9  # what was still queued is dropped
     finally:
         hanging.release.set()
+
+
+class Counting(Hanging):
+    """Blocks its first call until released; then answers at once. Counts rows per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def predict(self, data, params=None):
+        self.calls.append(len(data))
+        if len(self.calls) == 1:
+            self.entered.set()
+            self.release.wait(30)
+        return (data.sum(axis=1) * 10.0).to_numpy()
+
+
+def test_copies_queued_while_the_canary_scores_are_scored_together_each_its_own_rows(
+        registry, follower, apps, store, writer):
+    canary = Counting()
+    registry.models["2"] = canary
+    registry.route = rollout(steps=(1.0,), mode="shadow", guard=None)
+    follower.refresh()
+    app = apps(follower, log=writer, rng=random.Random(1))
+    rows = [[[i, 1], [i, 2]] if i % 3 else [[i, 5]] for i in range(20)]  # 1 or 2 rows each
+    answers = send(app, [{"X-Request-Id": "r0"}], payload={
+        "dataframe_split": {"columns": ["a", "b"], "data": rows[0]}})
+    assert canary.entered.wait(10)
+    for i in range(1, 20):  # queued while the canary is busy with the first copy
+        answers += send(app, [{"X-Request-Id": f"r{i}"}], payload={
+            "dataframe_split": {"columns": ["a", "b"], "data": rows[i]}})
+    canary.release.set()
+    assert [(a.status_code, a.headers["X-Model-Version"], a.json()["predictions"])
+            for a in answers] == [(200, "1", [float(sum(r)) for r in rows[i]])
+                                  for i in range(20)]
+    mirror = app.state.canary.mirror
+    wait_for(lambda: mirror.stats().scored == 20, what="every copy scored")
+    assert canary.calls == [1, sum(len(r) for r in rows[1:])]  # the first alone, then one call
+    assert mirror.stats().batches == 1
+    settled(writer, 40)
+    shadow = {(rid, row): p for rid, row, p in sql(
+        store, "SELECT request_id, row, prediction FROM inference_rows WHERE version = '2'")}
+    assert shadow == {(f"r{i}", j): 10.0 * sum(r) for i in range(20)
+                      for j, r in enumerate(rows[i])}
 
 
 def test_the_log_pairs_a_request_and_its_shadow_copy_by_request_id_and_row(
@@ -482,7 +528,9 @@ def test_the_log_pairs_a_request_and_its_shadow_copy_by_request_id_and_row(
 
 @pytest.mark.mlflow
 def test_a_real_endpoint_keeps_each_routing_key_on_its_version_across_a_restart_and_a_step(
-        tracking_uri, client, model_name):
+        tracking_uri, client, model_name, tmp_path):
+    """... and then, in shadow mode, its worker process scores the copies in batches and logs
+    them beside the answers."""
     from test_serve import _wait_until, expected, log_version, serving, split_payload
 
     from promotion.registry.rollouts import read_route, write_state
@@ -518,7 +566,8 @@ def test_a_real_endpoint_keeps_each_routing_key_on_its_version_across_a_restart_
         def ready() -> bool:
             canary = endpoint.get("/health").json()["canary"] or {}
             return canary.get("status") == "serving" and canary.get("share") == share
-        _wait_until(ready, 60, lambda: endpoint.log()[-3000:])
+        _wait_until(ready, 60, lambda: f"{endpoint.get('/version').text}\n"
+                                       f"{endpoint.log()[-3000:]}")
 
     with serving(tracking_uri, model_name, "--poll-interval", "0.5") as endpoint:
         canary_ready(endpoint, 0.3)
@@ -528,13 +577,55 @@ def test_a_real_endpoint_keeps_each_routing_key_on_its_version_across_a_restart_
     assert binomial_ok(len(on_canary), len(keys), 0.3), len(on_canary)
 
     # A replica restarted mid-step remembers nothing, and sends every key where it went before.
-    with serving(tracking_uri, model_name, "--poll-interval", "0.5") as endpoint:
+    log = LogStore(f"sqlite:///{tmp_path / 'log.db'}")
+    with serving(tracking_uri, model_name, "--poll-interval", "0.5", "--log-uri",
+                 log.uri) as endpoint:
         canary_ready(endpoint, 0.3)
         assert route_all(endpoint) == first
         # The next step, followed without a restart.
         write_state(client, model_name, "Production", state.advanced(STARTED).to_json())
         canary_ready(endpoint, 0.6)
         later = route_all(endpoint)
+        # Shadow mode: every answer from Production; every copy scored by the worker process.
+        shadow = replace(rollout_state(version=v2, steps=(1.0,), production=v1, guard=None,
+                                       mode="shadow"),  # another rollout: another start
+                         started_at="2026-12-02T00:00:00.000Z",
+                         step_started_at="2026-12-02T00:00:00.000Z")
+        write_state(client, model_name, "Production", shadow.to_json())
+        canary_ready(endpoint, 1.0)
+        assert set(route_all(endpoint).values()) == {v1}
+        _wait_until(lambda: endpoint.get("/version").json()["canary_totals"]["shadow_scored"]
+                    == len(keys), 120, lambda: f"{endpoint.get('/version').text}\n"
+                                               f"{endpoint.log()[-3000:]}")
+        totals = endpoint.get("/version").json()["canary_totals"]
+        assert totals["shadow_failed"] == 0 and 0 < totals["shadow_batches"] < len(keys)
     on_canary_later = {k for k, v in later.items() if v == v2}
     assert on_canary <= on_canary_later
     assert binomial_ok(len(on_canary_later), len(keys), 0.6), len(on_canary_later)
+    shadow_rows = sql(log, "SELECT COUNT(*) FROM inference_requests WHERE role = 'shadow'")
+    assert shadow_rows == [(len(keys),)]
+    ours, theirs = log.paired(model_name, v1, v2, datetime(2000, 1, 1, tzinfo=UTC),
+                              datetime(2100, 1, 1, tzinfo=UTC))
+    assert len(ours) == len(keys) * len(expected("a"))  # every row of every copy, paired
+    assert theirs.tolist() == pytest.approx(expected("b") * len(keys))
+    log.close()
+
+
+def test_split_cuts_one_calls_predictions_back_into_each_requests_own():
+    import numpy as np
+    import pandas as pd
+
+    from promotion.serve.shadowscore import split
+
+    assert [p.tolist() for p in split(np.arange(5), [2, 1, 2])] == [[0, 1], [2], [3, 4]]
+    assert split([7, 8, 9], [1, 2]) == [[7], [8, 9]]
+    series = split(pd.Series([1.0, 2.0, 3.0], index=[10, 11, 12]), [2, 1])
+    assert [s.tolist() for s in series] == [[1.0, 2.0], [3.0]] and series[1].index[0] == 0
+    frames = split(pd.DataFrame({"p": [1, 2, 3], "q": [4, 5, 6]}), [1, 2])
+    assert frames[1].to_dict("list") == {"p": [2, 3], "q": [5, 6]}
+    parts = split({"label": np.array(["a", "b", "c"])}, [2, 1])
+    assert [p["label"].tolist() for p in parts] == [["a", "b"], ["c"]]
+    with pytest.raises(ValueError):
+        split(np.arange(4), [2, 1])  # one prediction too many: not ours to guess
+    with pytest.raises(ValueError):
+        split("positive", [1])

@@ -47,7 +47,7 @@ from starlette.responses import Response
 
 from promotion.errors import InvalidInput, LogUnavailable
 from promotion.monitoring.logstore import LogWriter
-from promotion.serve.canary import DEFAULT_SHADOW_QUEUE, SHADOW_STOP_TIMEOUT, Canary
+from promotion.serve.canary import Canary
 from promotion.serve.follower import AliasFollower, FollowerState
 from promotion.serve.metrics import Metrics
 from promotion.serve.protocol import RequestError, clip, parse_feedback
@@ -61,6 +61,7 @@ from promotion.serve.routing import (
     json_response,
     read_body,
 )
+from promotion.serve.shadow import DEFAULT_SHADOW_QUEUE, SHADOW_STOP_TIMEOUT
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -7,9 +7,8 @@
   LateAttempts  canary attempts given up on (timed out) whose thread still runs. Threads cannot
                 be stopped: while as many are stuck as there are scoring threads, the canary
                 gets no more requests (until one returns), so a hung canary cannot pile them up.
-  ShadowMirror  shadow mode: the bounded queue of request copies and the ONE daemon thread that
-                scores them on the canary and logs what it answered under the request's own id.
-                A full queue drops the copy and counts it; a hung canary blocks only this thread.
+  ShadowMirror  shadow mode (promotion.serve.shadow): the bounded queue of request copies and
+                the ONE daemon thread that scores them, in batches, on the canary.
   Canary        the three together, as the request path (`serve.routing`) and the reports use
                 them. Nothing here may fail a request: every entry point used on the request path
                 catches what goes wrong, logs it and leaves the request to the primary.
@@ -18,25 +17,19 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from promotion.engine.rollout import GUARD_MIN_REQUESTS, CanaryRoute, guard_breach, in_slice
-from promotion.serve.follower import AliasFollower, CanaryState, FollowerState, Served
-from promotion.serve.protocol import RequestError, Scoring, score
+from promotion.serve.follower import AliasFollower, CanaryState, FollowerState
 from promotion.serve.requestlog import RequestLog
+from promotion.serve.shadow import DEFAULT_SHADOW_QUEUE, ShadowMirror
 
 logger = logging.getLogger("promotion.serving")
 
-DEFAULT_SHADOW_QUEUE = 1000  # request copies waiting for the shadow canary at most
-SHADOW_STOP_TIMEOUT = 2.0  # seconds the app's shutdown waits for the shadow thread
-WAKE_EVERY = 0.05  # seconds; how often the idle shadow thread checks for stop()
 PAST_STEPS = 64  # step keys remembered as over: a request that read the state before a new
 # step began must not reset the new step's counters when it ends
 
@@ -139,140 +132,6 @@ class Attempt:
             if not self._done and not self._late:
                 self._late = True
                 self._owner.count += 1
-
-
-@dataclass(frozen=True)
-class ShadowCopy:
-    """A request mirrored to the shadow canary: what it takes to score and log it again."""
-
-    body: bytes
-    content_type: str | None
-    request_id: str
-    arrived: datetime
-    sampled: bool  # whether the request's own rows were logged: the copy's are iff they were
-    canary: CanaryState  # the canary the request saw
-
-
-@dataclass(frozen=True)
-class ShadowStats:
-    scored: int  # copies the canary answered (2xx, or 4xx: the input's fault)
-    failed: int  # copies it failed on (model error, or slower than the request timeout)
-    dropped: int  # copies never scored: the queue was full, or the canary gone or benched
-    queued: int  # copies waiting
-
-
-Settle = Callable[[CanaryRoute, bool, bool], None]  # (route, canary, error)
-
-
-class ShadowMirror:
-    """The queue of shadow copies and the one thread that scores them (started on first use)."""
-
-    def __init__(self, model: str, log: RequestLog, current: Callable[[], CanaryState | None],
-                 benched: Callable[[str], str | None], settle: Settle, *, queue_size: int,
-                 request_timeout: float) -> None:
-        if queue_size < 1:
-            raise ValueError("queue_size must be positive")
-        self.model = model
-        self.request_timeout = request_timeout
-        self._log, self._current, self._benched, self._settle = log, current, benched, settle
-        self._queue: queue.Queue[ShadowCopy] = queue.Queue(maxsize=queue_size)
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._counts = {"scored": 0, "failed": 0, "dropped": 0}
-
-    def offer(self, copy: ShadowCopy) -> bool:
-        """Queue a copy without waiting; False (counted as dropped) when the queue is full."""
-        try:
-            if self._stopped.is_set():
-                raise queue.Full
-            self._start()
-            self._queue.put_nowait(copy)
-            return True
-        except queue.Full:
-            self._count("dropped")
-        except Exception:  # never the request's problem
-            logger.exception("could not mirror request %s", copy.request_id)
-            self._count("dropped")
-        return False
-
-    def stats(self) -> ShadowStats:
-        with self._lock:
-            return ShadowStats(queued=self._queue.qsize(), **self._counts)
-
-    def stop(self, timeout: float = SHADOW_STOP_TIMEOUT) -> None:
-        """Stop the thread, waiting at most `timeout` (a hung canary is left behind: the thread
-        is a daemon); copies still queued are dropped."""
-        self._stopped.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            if thread.is_alive():
-                logger.warning("the shadow canary was still scoring after %g s; not waiting "
-                               "for it", timeout)
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-            self._count("dropped")
-
-    def _start(self) -> None:
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._thread is None and not self._stopped.is_set():
-                self._thread = threading.Thread(target=self._run, name=f"shadow-{self.model}",
-                                                daemon=True)
-                self._thread.start()
-
-    def _count(self, outcome: str) -> None:
-        with self._lock:
-            self._counts[outcome] += 1
-
-    def _run(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                copy = self._queue.get(timeout=WAKE_EVERY)
-            except queue.Empty:
-                continue
-            try:
-                self._score(copy)
-            except Exception:  # a bug must not end mirroring
-                logger.exception("unexpected error while scoring a shadow copy")
-
-    def _score(self, copy: ShadowCopy) -> None:
-        now = self._current()
-        served = copy.canary.served
-        # Still the canary, and still given traffic: the copy is scored in the step in force.
-        if (now is None or served is None or now.served is not served
-                or now.route.mode != "shadow" or self._benched(now.route.step_key)):
-            self._count("dropped")
-            return
-        seen, status, seconds = self._scored(served, copy)
-        failed = status >= 500
-        self._settle(now.route, True, failed)
-        self._log.submit(copy.request_id, copy.arrived, self.model, now.route.alias, served,
-                         seconds, status, seen, sampled=copy.sampled, role="shadow")
-        self._count("failed" if failed else "scored")  # last: counted means judged and logged
-
-    def _scored(self, served: Served, copy: ShadowCopy) -> tuple[Scoring, int, float]:
-        """(what scoring saw, the status the canary would have answered, its seconds)."""
-        seen = Scoring()
-        started = time.perf_counter()
-        try:
-            score(served, copy.body, copy.content_type, seen)
-            status = 200
-        except RequestError as exc:
-            status = exc.status
-        except Exception:
-            logger.warning("shadow: canary version %s failed to score a copy of request %s",
-                           served.version, copy.request_id, exc_info=True)
-            status = 500
-        seconds = time.perf_counter() - started
-        if status == 200 and seconds > self.request_timeout:
-            status = 504  # what a client would have got
-        return seen, status, seconds
 
 
 @dataclass(frozen=True)
@@ -381,4 +240,4 @@ class Canary:
         shadow = self.mirror.stats()
         return {"fallbacks": self.fallbacks, "shadow_scored": shadow.scored,
                 "shadow_failed": shadow.failed, "shadow_dropped": shadow.dropped,
-                "shadow_queued": shadow.queued}
+                "shadow_queued": shadow.queued, "shadow_batches": shadow.batches}

@@ -62,6 +62,7 @@ class Served:
     run_id: str | None = None
     input_schema: Any = None  # mlflow.types.Schema, or None when the model has no signature
     path: str | None = None  # local copy of the artifacts, removed once no longer needed
+    model_dir: str | None = None  # the model's own directory inside `path` (its MLmodel)
 
 
 @dataclass(frozen=True)
@@ -349,7 +350,8 @@ def version_loader(client: MlflowClient, model: str, scratch: str) -> Load:
             raise
         return Served(version=version, model=pyfunc, loaded_at=time.time(),
                       load_seconds=time.monotonic() - started, run_id=run_id or None,
-                      input_schema=pyfunc.metadata.get_input_schema(), path=path)
+                      input_schema=pyfunc.metadata.get_input_schema(), path=path,
+                      model_dir=local)
 
     return load
 

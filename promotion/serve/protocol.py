@@ -152,13 +152,14 @@ class Scoring:
     data: Any = None  # the parsed model input
     rows: int = 0  # rows in it (0 until it is parsed)
     raw: Any = None  # the model's raw predictions
+    params: dict | None = None  # the request's params, if it had any
 
 
 def score(served: Served, body: bytes, content_type: str | None,
           seen: Scoring | None = None) -> bytes:
     seen = seen if seen is not None else Scoring()
     data, params = parse_request(body, content_type, served.input_schema)
-    seen.data, seen.rows = data, row_count(data)
+    seen.data, seen.rows, seen.params = data, row_count(data), params
     seen.raw = predict(served, data, params)
     return encode_predictions(seen.raw)
 

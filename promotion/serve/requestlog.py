@@ -45,20 +45,27 @@ class RequestLog:
         `sampled` (drawn now when not given) and it was scored (status 200)."""
         if self.writer is None:
             return
-        inputs = predictions = keys = None
         if sampled is None:
             sampled = self.draw()
-        if status == 200 and seen.raw is not None and self.max_rows > 0 and sampled:
-            try:
-                inputs, predictions, keys = sample_rows(seen.data, seen.raw, self.max_rows,
-                                                        self.row_key)
-            except Exception:  # inputs no table holds (tensors): the request is still logged
-                inputs = predictions = keys = None
         try:
-            self.writer.submit(RequestRecord(
-                request_id=rid, at=arrived, model=model, alias=alias,
-                version=served.version if served is not None else None, rows=seen.rows,
-                latency_ms=seconds * 1000.0, outcome=outcome_of(status), status=status,
-                inputs=inputs, predictions=predictions, row_keys=keys, role=role))
+            self.writer.submit(record(rid, arrived, model, alias, served.version if served
+                                      else None, seconds, status, seen, sampled and
+                                      self.max_rows > 0, self.max_rows, self.row_key, role))
         except Exception:  # a request is never failed by its log
             logger.exception("could not log request %s", rid)
+
+
+def record(rid: str, arrived: datetime, model: str, alias: str, version: str | None,
+           seconds: float, status: int, seen: Scoring, sampled: bool, max_rows: int,
+           row_key: str | None, role: Role = "answer") -> RequestRecord:
+    """The log record of one request (its rows when `sampled` and it was scored)."""
+    inputs = predictions = keys = None
+    if status == 200 and seen.raw is not None and sampled:
+        try:
+            inputs, predictions, keys = sample_rows(seen.data, seen.raw, max_rows, row_key)
+        except Exception:  # inputs no table holds (tensors): the request is still logged
+            inputs = predictions = keys = None
+    return RequestRecord(request_id=rid, at=arrived, model=model, alias=alias, version=version,
+                         rows=seen.rows, latency_ms=seconds * 1000.0,
+                         outcome=outcome_of(status), status=status, inputs=inputs,
+                         predictions=predictions, row_keys=keys, role=role)

@@ -10,7 +10,7 @@ alias's version) and, during a rollout, the canary with its share. Then:
   Both attempts are logged and counted (the canary's under the canary alias). A request the
   canary refuses as bad input is answered as it is: the primary would refuse it too.
 - shadow mode: the primary answers every request; those in the share are also copied to the
-  shadow mirror (`serve.canary.ShadowMirror`), which scores them on the canary off the request
+  shadow mirror (`serve.shadow.ShadowMirror`), which scores them on the canary off the request
   path and logs its answers under the same request id.
 
 Every answer names the version that produced it in X-Model-Version. Whether a request's rows are
@@ -32,11 +32,12 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from promotion.serve.canary import Canary, ShadowCopy
+from promotion.serve.canary import Canary
 from promotion.serve.follower import AliasFollower, CanaryState, Served
 from promotion.serve.metrics import Metrics
 from promotion.serve.protocol import RequestError, Scoring, clip, request_id, routing_key, score
 from promotion.serve.requestlog import RequestLog
+from promotion.serve.shadow import ShadowCopy
 
 logger = logging.getLogger("promotion.serving")
 
@@ -113,7 +114,8 @@ class Invocations:
             assert held is not None
             self.canary.mirror.offer(ShadowCopy(
                 body, incoming.content_type, incoming.rid, incoming.arrived,
-                incoming.sampled and response.status_code == 200, held))
+                incoming.sampled and response.status_code == 200, held,
+                data=seen.data if seen.params is None else None))
         return response
 
     async def _on_canary(self, incoming: Incoming, held: CanaryState,

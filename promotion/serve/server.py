@@ -41,8 +41,8 @@ from promotion.serve.app import (
     DEFAULT_SCORING_THREADS,
     create_app,
 )
-from promotion.serve.canary import DEFAULT_SHADOW_QUEUE
 from promotion.serve.follower import AliasFollower, alias_resolver, scratch_dir, version_loader
+from promotion.serve.shadow import DEFAULT_SHADOW_QUEUE
 
 log = logging.getLogger("promotion.serving")
 

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from promotion.errors import LogUnavailable, redact
+from promotion.monitoring.logstore import LogStore
 from promotion.serve.follower import Served
 from promotion.serve.requestlog import record
 from promotion.serve.shadowscore import Item, score_items
@@ -113,8 +114,6 @@ def _child(conn: Any, path: str, version: str, model: str, alias: str, log_uri: 
         os.nice(NICENESS)  # the endpoint's own requests come first when the cores are busy
     try:
         import mlflow.pyfunc
-
-        from promotion.monitoring.logstore import LogStore
 
         pyfunc = mlflow.pyfunc.load_model(path)
         served = Served(version=version, model=pyfunc, loaded_at=time.time(), load_seconds=0.0,

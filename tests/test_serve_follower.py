@@ -192,6 +192,29 @@ def test_the_thread_follows_and_survives_an_unexpected_error(registry):
     assert not any(t.name == "follow-m" for t in threading.enumerate())
 
 
+def test_a_nudge_checks_at_once_and_counts_the_swap_under_its_trigger(registry):
+    follower = AliasFollower("m", "Production", 60.0, registry.resolve, registry.load)
+    with pytest.raises(ValueError):
+        follower.nudge("start")
+    follower.nudge("webhook")  # before start: the first check answers it
+    follower.start()
+    try:
+        assert follower.wait_until_serving(10).version == "1"
+        registry.target = "2"
+        follower.nudge("webhook")  # the poll is a minute away
+        deadline = time.monotonic() + 10
+        while follower.state.served.version != "2" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert follower.state.served.version == "2"
+        assert follower.state.swaps_by_trigger.as_dict() == {"start": 1, "poll": 0, "webhook": 1}
+        assert follower.state.swaps == 1
+    finally:
+        started = time.monotonic()
+        follower.stop()
+    assert time.monotonic() - started < 5  # stopping wakes the thread too
+    assert registry.loads == ["1", "2"]
+
+
 def test_poll_interval_must_be_positive(registry):
     with pytest.raises(ValueError):
         AliasFollower("m", "Production", 0, registry.resolve, registry.load)

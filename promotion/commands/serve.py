@@ -12,10 +12,12 @@ from promotion.commands import tracking_uri
 from promotion.errors import InvalidInput
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, engine_url
 from promotion.policy.model import DEFAULT_ALIAS
+from promotion.serve.hooks import SECRET_ENV
 from promotion.serve.server import (
     DEFAULT_HOST,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_PORT,
+    WEBHOOK_POLL_INTERVAL,
     ServeOptions,
     ServeResult,
     serve,
@@ -30,9 +32,11 @@ from promotion.serve.server import (
               help="Interface to listen on (0.0.0.0: every interface, e.g. in a container).")
 @click.option("--port", default=DEFAULT_PORT, show_default=True,
               type=click.IntRange(0, 65535), help="Port to listen on.")
-@click.option("--poll-interval", default=DEFAULT_POLL_INTERVAL, show_default=True,
-              type=click.FloatRange(min=0.1), metavar="SECONDS",
-              help="How often to check where the alias points.")
+@click.option("--poll-interval", default=None, type=click.FloatRange(min=0.1),
+              metavar="SECONDS",
+              help=f"How often to check where the alias points (default "
+                   f"{DEFAULT_POLL_INTERVAL:g}; {WEBHOOK_POLL_INTERVAL:g} with {SECRET_ENV} "
+                   f"set, as webhooks are then the fast path).")
 @click.option("--max-body-bytes", default=ServeOptions.max_body_bytes, show_default=True,
               type=click.IntRange(min=1), metavar="BYTES",
               help="Larger scoring requests are refused with 413.")
@@ -67,7 +71,7 @@ from promotion.serve.server import (
               type=click.IntRange(min=1), metavar="N",
               help="Request copies waiting for a shadow canary at most; beyond, they are "
                    "dropped and counted.")
-def command(model: str, alias: str, host: str, port: int, poll_interval: float,
+def command(model: str, alias: str, host: str, port: int, poll_interval: float | None,
             max_body_bytes: int, request_timeout: float, scoring_threads: int,
             keep_alive: int, access_log: bool, log_uri: str, log_sample_rate: float,
             log_max_rows: int, log_queue: int, row_key: str | None,
@@ -80,13 +84,15 @@ def command(model: str, alias: str, host: str, port: int, poll_interval: float,
     GET  /health       200 once a version is loaded
     GET  /version      served version, alias target, last error
     GET  /metrics      Prometheus metrics
+    POST /hooks/mlflow MLflow registry webhooks (signed with $PROMOTE_WEBHOOK_SECRET)
 
     Every request is logged to --log-uri (with the rows of --log-sample-rate of
     them), off the request path: a slow or dead log database never fails a request.
 
     When the alias moves (a promotion or a rollback), the new version is loaded in the
     background and swapped in atomically; a version that cannot be loaded never replaces
-    a working one.
+    a working one. With PROMOTE_WEBHOOK_SECRET set, MLflow's webhook for an alias
+    event makes the endpoint check at once; polling still catches what is lost.
 
     During a rollout (`promote gate` with a rollout: block), the canary alias's version
     answers its share of requests (canary mode; X-Routing-Key keeps a client on one

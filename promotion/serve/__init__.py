@@ -4,6 +4,7 @@
   app         the FastAPI app: routes, lifespan, /health, /version, /feedback
   routing     POST /invocations: the primary or the canary, the fallback, the shadow copy
   metrics     the Prometheus metrics of one app
+  hooks       POST /hooks/mlflow: MLflow's signed registry webhooks wake the follower
   canary      the canary's per-step guard, the shadow mirror (queue + thread), its reports
   requestlog  what goes to the inference log, and the sampling drawn once per request
   protocol    MLflow's scoring protocol: parse a request, predict, encode the predictions

@@ -12,6 +12,9 @@ Endpoints:
   GET  /version      model, alias, served version, when it was loaded, the last error, the
                      canary and its counters.
   GET  /metrics      Prometheus text format, from a registry of this app's own.
+  POST /hooks/mlflow MLflow's registry webhooks, signed: an alias event for the served model
+                     makes the follower check the registry now (`serve.hooks`); polling stays
+                     the ground truth.
 
 Every problem with a request is the client's to fix and gets a 4xx with a one-line message in
 MLflow's error shape ({"error_code", "message"}); only a fault of the model itself is a 500.
@@ -49,6 +52,7 @@ from promotion.errors import InvalidInput, LogUnavailable
 from promotion.monitoring.logstore import LogWriter
 from promotion.serve.canary import Canary
 from promotion.serve.follower import AliasFollower, FollowerState
+from promotion.serve.hooks import HOOK_PATH, Webhooks
 from promotion.serve.metrics import Metrics
 from promotion.serve.protocol import RequestError, clip, parse_feedback
 from promotion.serve.requestlog import RequestLog
@@ -70,7 +74,7 @@ logger = logging.getLogger("promotion.serving")
 
 # The names other modules and tests use from here.
 __all__ = ["REQUEST_ID_HEADER", "ROUTING_KEY_HEADER", "VERSION_HEADER", "RequestLog",
-           "create_app", "log_document", "version_document"]
+           "create_app", "events_document", "log_document", "version_document"]
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT = 60.0  # seconds; MLflow's scoring server default
@@ -111,6 +115,24 @@ def version_document(follower: AliasFollower, state: FollowerState | None = None
     }
 
 
+def events_document(hooks: Webhooks, state: FollowerState, *, full: bool = False
+                    ) -> dict[str, Any]:
+    """How the endpoint learns of moves, for /health (and with `full`, for /version): webhooks
+    on or off, the last event that asked for a check, the last successful registry check."""
+    event = state.last_event
+    document: dict[str, Any] = {"webhook": "on" if hooks.enabled else "off",
+                                "last_event_at": _iso(event.at) if event else None,
+                                "last_poll_at": _iso(state.checked_at)}
+    if full:
+        document.update({
+            "last_event": None if event is None else {
+                "delivery_id": event.delivery_id, "alias": event.alias, "action": event.action,
+                "version": event.version, "at": _iso(event.at)},
+            "deliveries": hooks.counts(),
+            "swaps_by_trigger": state.swaps_by_trigger.as_dict()})
+    return document
+
+
 def log_document(log: LogWriter | None, *, full: bool = False) -> dict[str, Any]:
     """The inference log's state, for /health (and with `full`, for /version)."""
     if log is None:
@@ -141,12 +163,15 @@ def create_app(follower: AliasFollower, *, max_body_bytes: int = DEFAULT_MAX_BOD
                manage_follower: bool = True, log: LogWriter | None = None,
                sample_rate: float = DEFAULT_SAMPLE_RATE, max_rows: int = DEFAULT_MAX_ROWS,
                row_key: str | None = None, rng: random.Random | None = None,
-               shadow_queue: int = DEFAULT_SHADOW_QUEUE) -> FastAPI:
+               shadow_queue: int = DEFAULT_SHADOW_QUEUE,
+               webhook_secret: str | None = None) -> FastAPI:
     """The ASGI app. With `manage_follower`, the app starts and stops the follower's thread;
     the log writer, when there is one, is always started with the app and closed after it
     (closing writes what is queued). `rng` draws the sampled requests (seed it in tests).
     `shadow_queue` bounds the request copies waiting for a shadow canary; its thread starts
     with the first copy and stops with the app (`app.state.canary.mirror.stop()` without one).
+    `webhook_secret` (PROMOTE_WEBHOOK_SECRET) checks MLflow's deliveries to POST /hooks/mlflow;
+    without it every delivery is refused.
 
     /health, /version and /metrics never wait for scoring: they answer from the event loop.
     """
@@ -159,8 +184,9 @@ def create_app(follower: AliasFollower, *, max_body_bytes: int = DEFAULT_MAX_BOD
     requests = RequestLog(log, sample_rate, max_rows, row_key, rng or random.Random())
     canary = Canary(follower, requests, request_timeout=request_timeout,
                     scoring_threads=scoring_threads, shadow_queue=shadow_queue)
-    metrics = Metrics(follower, log, canary)
-    routes = Routes(follower, metrics, requests, canary, Invocations(
+    hooks = Webhooks(follower, webhook_secret)
+    metrics = Metrics(follower, log, canary, deliveries=hooks.counts)
+    routes = Routes(follower, metrics, requests, canary, hooks, Invocations(
         follower, metrics, requests, canary, max_body_bytes=max_body_bytes,
         request_timeout=request_timeout, scoring=anyio.CapacityLimiter(scoring_threads)))
     app = FastAPI(title=f"promote serve {follower.model}@{follower.alias}",
@@ -172,10 +198,12 @@ def create_app(follower: AliasFollower, *, max_body_bytes: int = DEFAULT_MAX_BOD
     app.get("/ping")(routes.health)
     app.get("/version")(routes.version)
     app.get("/metrics")(routes.prometheus)
+    app.post(HOOK_PATH)(hooks.handle)
     app.state.follower = follower
     app.state.metrics = routes.metrics
     app.state.log = log
     app.state.canary = canary
+    app.state.hooks = hooks
     return app
 
 
@@ -210,11 +238,12 @@ class Routes:
     """The handlers of one app, sharing its follower, metrics and limits."""
 
     def __init__(self, follower: AliasFollower, metrics: Metrics, log: RequestLog,
-                 canary: Canary, invocations: Invocations) -> None:
+                 canary: Canary, hooks: Webhooks, invocations: Invocations) -> None:
         self.follower = follower
         self.metrics = metrics
         self.log = log
         self.canary = canary
+        self.hooks = hooks
         self.invocations = invocations
 
     async def feedback(self, request: Request) -> Response:
@@ -246,11 +275,12 @@ class Routes:
         model = self.follower.model
         log = log_document(self.log.writer)
         canary = self.canary.document(state)
+        events = events_document(self.hooks, state)
         if served is None:
             return json_response({"status": "loading", "model": model, "version": None,
-                                  "canary": canary, "log": log}, 503)
+                                  "canary": canary, "log": log, "events": events}, 503)
         return json_response({"status": "ok", "model": model, "version": served.version,
-                              "canary": canary, "log": log}, 200,
+                              "canary": canary, "log": log, "events": events}, 200,
                              headers={VERSION_HEADER: served.version})
 
     async def version(self) -> Response:
@@ -261,7 +291,8 @@ class Routes:
                        row_key=self.log.row_key)
         return json_response({**version_document(self.follower, state),
                               "canary": self.canary.document(state, full=True),
-                              "canary_totals": self.canary.totals(), "log": log}, 200)
+                              "canary_totals": self.canary.totals(), "log": log,
+                              "events": events_document(self.hooks, state, full=True)}, 200)
 
     async def prometheus(self) -> Response:
         content, media_type = self.metrics.render()

@@ -16,6 +16,11 @@ benched for its step (no traffic, not retried until the step changes) and never 
 primary; a canary the route no longer names is dropped. A version already in memory (the canary
 becoming the primary at promotion) is taken as it is, not loaded again.
 
+Polling is the ground truth. A registry event pushed to the endpoint (an MLflow webhook,
+`promotion.serve.hooks`) only brings the next check forward: `nudge()` wakes the thread, and any
+number of nudges while a check runs make one more check, never a queue of them. An event that is
+lost costs at most one poll interval.
+
 The follower's inputs are two plain callables (resolve the alias, load a version), so its logic is
 tested without a registry; `alias_resolver` and `version_loader` build the real ones on the
 registry layer (`promotion.registry`), which does every registry request and download. Only
@@ -33,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from promotion.engine.rollout import CanaryRoute, Route
 from promotion.errors import redact
@@ -90,6 +95,39 @@ class CanaryState:
         return "serving" if self.served is not None else "loading"
 
 
+# What made the follower check the alias: its thread's first check, the poll interval, or a
+# registry event pushed to the endpoint (promotion.serve.hooks).
+Trigger = Literal["start", "poll", "webhook"]
+TRIGGERS: tuple[Trigger, ...] = ("start", "poll", "webhook")
+_WHY = {"start": "at start", "poll": "on a poll", "webhook": "on a webhook"}
+
+
+@dataclass(frozen=True)
+class SwapCounts:
+    """Versions swapped in, by what made the follower look."""
+
+    start: int = 0
+    poll: int = 0
+    webhook: int = 0
+
+    def add(self, trigger: Trigger) -> SwapCounts:
+        return replace(self, **{trigger: getattr(self, trigger) + 1})
+
+    def as_dict(self) -> dict[str, int]:
+        return {trigger: getattr(self, trigger) for trigger in TRIGGERS}
+
+
+@dataclass(frozen=True)
+class FollowEvent:
+    """A registry event that asked the follower to check at once (an MLflow webhook)."""
+
+    at: float  # when it arrived (epoch seconds)
+    delivery_id: str
+    alias: str
+    action: str  # created, deleted
+    version: str | None = None  # the version the alias was set to (None: deleted)
+
+
 @dataclass(frozen=True)
 class FollowerState:
     """Everything the endpoint reports, replaced as a whole on every change."""
@@ -101,6 +139,8 @@ class FollowerState:
     last_error: FollowError | None = None
     swaps: int = 0  # versions swapped in after the first one
     load_failures: int = 0
+    swaps_by_trigger: SwapCounts = SwapCounts()  # every version swapped in, the first included
+    last_event: FollowEvent | None = None  # the last registry event that asked for a check
     canary: CanaryState | None = None  # the canary in force, if a rollout is
     note: str | None = None  # why a rollout state on the model was not followed
 
@@ -125,7 +165,8 @@ class AliasFollower:
     """Serve what `model@alias` points at; swap atomically when it moves.
 
     `refresh()` is one poll step; `start()` runs it every `poll_interval` seconds on a daemon
-    thread until `stop()`. Only that thread writes the state; readers just read `state`.
+    thread until `stop()`, and at once when `nudge()`d. Only that thread loads and swaps; a
+    nudge records the event that caused it; readers just read `state`.
     """
 
     def __init__(self, model: str, alias: str, poll_interval: float, resolve: Resolve,
@@ -143,14 +184,42 @@ class AliasFollower:
         self._retiring: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The follower thread writes the state; a nudge writes `last_event`. Each field has one
+        # writer, and every write replaces the whole state under this lock.
+        self._state_lock = threading.Lock()
+        # A nudge sets `_wake` (and says why in `_nudged`); the thread clears both, under
+        # `_wake_lock`, just before the refresh that answers them.
+        self._wake = threading.Event()
+        self._wake_lock = threading.Lock()
+        self._nudged: Trigger | None = None
 
     @property
     def state(self) -> FollowerState:
         return self._state
 
-    def refresh(self) -> bool:
+    def _update(self, **changes: Any) -> None:
+        with self._state_lock:
+            self._state = replace(self._state, **changes)
+
+    def nudge(self, reason: Trigger = "webhook", event: FollowEvent | None = None) -> None:
+        """Check the alias now instead of at the end of the poll interval (a registry event said
+        it moved). Never blocks and never calls the registry: it wakes the follower thread.
+
+        Nudges coalesce: any number of them while a refresh runs (or before it starts) lead to
+        ONE further refresh, which reads the registry after the last of them arrived.
+        """
+        if reason not in TRIGGERS or reason == "start":
+            raise ValueError(f"a nudge's reason is 'poll' or 'webhook', not {reason!r}")
+        if event is not None:
+            self._update(last_event=event)
+        with self._wake_lock:
+            self._nudged = reason
+            self._wake.set()
+
+    def refresh(self, trigger: Trigger = "poll") -> bool:
         """Check the alias once; load and swap in the version it points at if that is new, then
-        follow the canary the route names (load it, or drop it).
+        follow the canary the route names (load it, or drop it). `trigger` is what asked for
+        this check (counted in `state.swaps_by_trigger` when it swaps).
 
         Returns True when a new version was swapped in. Never raises for registry or model
         problems: they are recorded in `state.last_error` and logged, and serving goes on.
@@ -162,9 +231,8 @@ class AliasFollower:
             self._record_error(f"cannot resolve {self.model}@{self.alias}: {_describe(exc)}", None)
             return False
         route = found if isinstance(found, Route) else Route(str(found))
-        self._state = replace(self._state, alias_version=route.version, checked_at=now,
-                              note=route.note)
-        swapped = self._follow(route.version, now)
+        self._update(alias_version=route.version, checked_at=now, note=route.note)
+        swapped = self._follow(route.version, now, trigger)
         try:
             self._follow_canary(route.canary)
         except Exception:  # a canary must never stop the primary from being followed
@@ -172,16 +240,16 @@ class AliasFollower:
                           self.alias)
         return swapped
 
-    def _follow(self, target: str, now: float) -> bool:
+    def _follow(self, target: str, now: float, trigger: Trigger) -> bool:
         served = self._state.served
         if served is not None and served.version == target:
             return False
         failure = self._failures.get(target)
         if failure is not None and now < failure.retry_at:
             return False
-        return self._swap_to(target)
+        return self._swap_to(target, trigger)
 
-    def _swap_to(self, version: str) -> bool:
+    def _swap_to(self, version: str, trigger: Trigger) -> bool:
         new = self._in_memory(version)
         if new is None:
             log.info("loading %s version %s (%s@%s)", self.model, version, self.model, self.alias)
@@ -199,14 +267,16 @@ class AliasFollower:
         self._failures.pop(version, None)
         old = self._state.served
         # The swap: one reference assignment. Requests holding `old` finish on it.
-        self._state = replace(self._state, served=new, serving_since=self._clock(),
-                              swaps=self._state.swaps + (old is not None))
+        self._update(served=new, serving_since=self._clock(),
+                     swaps=self._state.swaps + (old is not None),
+                     swaps_by_trigger=self._state.swaps_by_trigger.add(trigger))
+        why = _WHY[trigger]
         if old is None:
-            log.info("serving %s version %s (loaded in %.2f s)", self.model, version,
-                     new.load_seconds)
+            log.info("serving %s version %s (loaded in %.2f s; checked %s)", self.model, version,
+                     new.load_seconds, why)
         else:
-            log.info("swapped %s version %s -> %s (loaded in %.2f s)", self.model, old.version,
-                     version, new.load_seconds)
+            log.info("swapped %s version %s -> %s (loaded in %.2f s; checked %s)", self.model,
+                     old.version, version, new.load_seconds, why)
         self._retire(old)
         return True
 
@@ -214,7 +284,7 @@ class AliasFollower:
         held = self._state.canary
         if route is None:
             if held is not None:  # promoted, aborted, or no longer consistent: no canary
-                self._state = replace(self._state, canary=None)
+                self._update(canary=None)
                 log.info("canary version %s (@%s) dropped: the route no longer names it",
                          held.route.version, held.route.alias)
                 self._retire(held.served)
@@ -224,10 +294,10 @@ class AliasFollower:
                 or (held.benched is not None and held.route.step_key == route.step_key)):
             # Loaded, or benched for this step: follow the route (a new step, a new share).
             if held.route != route:
-                self._state = replace(self._state, canary=replace(held, route=route))
+                self._update(canary=replace(held, route=route))
             return
         # The primary first: a canary is loaded once the endpoint serves something.
-        self._state = replace(self._state, canary=CanaryState(route))
+        self._update(canary=CanaryState(route))
         if held is not None:
             self._retire(held.served)
         if self._state.served is not None:
@@ -244,9 +314,9 @@ class AliasFollower:
             reason = f"load failed: {_describe(exc)}"
             log.error("cannot load canary %s version %s (@%s): %s; it gets no traffic until "
                       "the next step", self.model, route.version, route.alias, reason)
-            self._state = replace(self._state, canary=CanaryState(route, benched=reason))
+            self._update(canary=CanaryState(route, benched=reason))
             return
-        self._state = replace(self._state, canary=CanaryState(route, served))
+        self._update(canary=CanaryState(route, served))
         log.info("canary %s version %s (@%s) ready: %s mode, %g%% of requests", self.model,
                  route.version, route.alias, route.mode, route.share * 100)
 
@@ -278,8 +348,8 @@ class AliasFollower:
     def _record_error(self, message: str, version: str | None, failed_load: bool = False) -> None:
         message = redact(message)
         log.error("%s", message)
-        self._state = replace(self._state, last_error=FollowError(message, self._clock(), version),
-                              load_failures=self._state.load_failures + failed_load)
+        self._update(last_error=FollowError(message, self._clock(), version),
+                     load_failures=self._state.load_failures + failed_load)
 
     # -- the background thread -----------------------------------------------------------------
 
@@ -287,20 +357,38 @@ class AliasFollower:
         if self._thread is not None:
             return
         self._stop.clear()
+        with self._wake_lock:  # the first refresh answers whatever came before it
+            self._nudged = None
+            self._wake.clear()
         self._thread = threading.Thread(target=self._run, name=f"follow-{self.model}",
                                         daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        trigger: Trigger = "start"
         while not self._stop.is_set():
             try:
-                self.refresh()
+                self.refresh(trigger)
             except Exception:  # a bug must not silently end following; log it and go on
                 log.exception("unexpected error while following %s@%s", self.model, self.alias)
-            self._stop.wait(self.poll_interval)
+            trigger = self._next_trigger()
+
+    def _next_trigger(self) -> Trigger:
+        """Wait for the poll interval, or less when nudged; what the next refresh is for.
+
+        The event is cleared just before the refresh that answers it, so a nudge that arrives
+        during that refresh sets it again and gets one more refresh: nothing is lost, and a
+        flood of nudges costs one refresh.
+        """
+        self._wake.wait(self.poll_interval)
+        with self._wake_lock:
+            nudged, self._nudged = self._nudged, None
+            self._wake.clear()
+        return nudged or "poll"
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None

@@ -1,5 +1,6 @@
 """The endpoint's Prometheus metrics: request counters and latency by served version, the
-follower's state (served version, alias target, in sync, swaps, load failures), the canary's
+follower's state (served version, alias target, in sync, swaps, load failures), how it learns of
+moves (webhook deliveries by outcome, swaps by trigger, the last event and check), the canary's
 (version and mode, share in force, benched, fallbacks, shadow copies, shadow queue depth) and the
 inference log's (records written, dropped by reason, queue depth, healthy), read at scrape time.
 
@@ -8,7 +9,7 @@ prometheus_client is imported inside the functions: only a running endpoint need
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from promotion.monitoring.logstore import LogWriter
@@ -25,7 +26,8 @@ class Metrics:
     """Request metrics labelled by the version that served them, plus the follower's state."""
 
     def __init__(self, follower: AliasFollower, log: LogWriter | None = None,
-                 canary: Canary | None = None) -> None:
+                 canary: Canary | None = None,
+                 deliveries: Callable[[], Mapping[str, int]] | None = None) -> None:
         from prometheus_client import (
             CollectorRegistry,
             Counter,
@@ -47,6 +49,7 @@ class Metrics:
                                  "scoring request, by served version.", ["version"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         self.registry.register(_follower_collector(follower))
+        self.registry.register(_events_collector(follower, deliveries))
         if canary is not None:
             self.registry.register(_canary_collector(follower, canary))
         if log is not None:
@@ -96,6 +99,45 @@ def _follower_collector(follower: AliasFollower) -> Collector:
                 yield counter
 
     return FollowerCollector()
+
+
+def _events_collector(follower: AliasFollower,
+                      deliveries: Callable[[], Mapping[str, int]] | None) -> Collector:
+    """How the endpoint learns of moves: webhook deliveries by outcome, swaps by what triggered
+    them, the last event and the last successful registry check."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    labels = ["model", "alias"]
+    key = [follower.model, follower.alias]
+
+    class EventsCollector:
+        def collect(self) -> Iterable[Any]:
+            state = follower.state
+            received = CounterMetricFamily("promote_serve_webhook_deliveries", "Deliveries to "
+                                           "POST /hooks/mlflow, by outcome.",
+                                           labels=[*labels, "outcome"])
+            for outcome, count in (deliveries() if deliveries else {}).items():
+                received.add_metric([*key, outcome], count)
+            yield received
+            swaps = CounterMetricFamily("promote_serve_swaps_by_trigger", "Versions swapped in "
+                                        "(the first included), by what made the endpoint look: "
+                                        "start, poll or webhook.", labels=[*labels, "trigger"])
+            for trigger, count in state.swaps_by_trigger.as_dict().items():
+                swaps.add_metric([*key, trigger], count)
+            yield swaps
+            event = state.last_event
+            for name, doc, value in (
+                ("promote_serve_last_event_timestamp_seconds", "When the last registry event "
+                 "that asked for a check arrived (Unix time; 0: none yet).",
+                 event.at if event else 0.0),
+                ("promote_serve_last_poll_timestamp_seconds", "When the registry was last read "
+                 "successfully (Unix time; 0: not yet).", state.checked_at or 0.0),
+            ):
+                gauge = GaugeMetricFamily(name, doc, labels=labels)
+                gauge.add_metric(key, value)
+                yield gauge
+
+    return EventsCollector()
 
 
 def _canary_collector(follower: AliasFollower, canary: Canary) -> Collector:

@@ -42,6 +42,7 @@ from promotion.serve.app import (
     create_app,
 )
 from promotion.serve.follower import AliasFollower, alias_resolver, scratch_dir, version_loader
+from promotion.serve.hooks import HOOK_PATH, SECRET_ENV, secret_from_env
 from promotion.serve.shadow import DEFAULT_SHADOW_QUEUE
 
 log = logging.getLogger("promotion.serving")
@@ -49,6 +50,12 @@ log = logging.getLogger("promotion.serving")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_POLL_INTERVAL = 10.0
+# With a webhook secret, MLflow's deliveries are the fast path and polling only catches what they
+# miss: a delivery is lost when the MLflow server process that would send it dies (it is sent
+# from a thread of that process, once), and each server worker caches its list of webhooks for
+# MLFLOW_WEBHOOK_CACHE_TTL (60 s by default), so a webhook just created is not called by every
+# worker at once. One check a minute bounds both.
+WEBHOOK_POLL_INTERVAL = 60.0
 DEFAULT_LOG_QUEUE = 10_000
 
 
@@ -58,7 +65,8 @@ class ServeOptions:
     alias: str = DEFAULT_ALIAS
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    poll_interval: float = DEFAULT_POLL_INTERVAL
+    poll_interval: float | None = None  # None: DEFAULT_POLL_INTERVAL, or with webhooks on
+    # WEBHOOK_POLL_INTERVAL (`poll_interval_for`)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     scoring_threads: int = DEFAULT_SCORING_THREADS
@@ -105,11 +113,21 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def poll_interval_for(options: ServeOptions, webhooks: bool) -> float:
+    """--poll-interval when given; else 60 s with webhooks on (they are the fast path), 10 s
+    without."""
+    if options.poll_interval is not None:
+        return options.poll_interval
+    return WEBHOOK_POLL_INTERVAL if webhooks else DEFAULT_POLL_INTERVAL
+
+
 def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
     """Log through the redacting formatter and run the endpoint until it is stopped."""
     import uvicorn
 
     _configure_logging()
+    secret = secret_from_env()  # read once; never logged
+    poll_interval = poll_interval_for(options, secret is not None)
     store = LogStore(options.log_uri) if options.log_uri is not None else None  # URI checked
     sock = listen(options.host, options.port)
     scratch = scratch_dir()
@@ -125,7 +143,8 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
                      canary.steps, canary.share * 100)
         elif route.note:
             log.warning("%s", route.note)
-        follower = AliasFollower(options.model, options.alias, options.poll_interval,
+        _log_webhooks(secret is not None, poll_interval)
+        follower = AliasFollower(options.model, options.alias, poll_interval,
                                  resolve=alias_resolver(client, options.model, options.alias),
                                  load=version_loader(client, options.model, scratch))
         app = create_app(follower, max_body_bytes=options.max_body_bytes,
@@ -133,7 +152,7 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
                          scoring_threads=options.scoring_threads,
                          log=_open_log(store, options), sample_rate=options.log_sample_rate,
                          max_rows=options.log_max_rows, row_key=options.row_key,
-                         shadow_queue=options.shadow_queue)
+                         shadow_queue=options.shadow_queue, webhook_secret=secret)
         config = uvicorn.Config(app, log_level="info", access_log=options.access_log,
                                 timeout_keep_alive=options.keep_alive,
                                 timeout_graceful_shutdown=30, lifespan="on")
@@ -152,6 +171,15 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
         shutil.rmtree(scratch, ignore_errors=True)
         if store is not None:
             store.close()
+
+
+def _log_webhooks(on: bool, poll_interval: float) -> None:
+    if on:
+        log.info("webhooks: on (POST %s, signed with %s); checking the alias every %g s as "
+                 "well", HOOK_PATH, SECRET_ENV, poll_interval)
+    else:
+        log.info("webhooks: off (%s is not set; deliveries are refused); checking the alias "
+                 "every %g s", SECRET_ENV, poll_interval)
 
 
 def _open_log(store: LogStore | None, options: ServeOptions) -> LogWriter | None:

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from promotion.commands import tracking_uri
 from promotion.gate import GateConflict, GateIncomplete, run_gate
+from promotion.notify import announce
 from promotion.policy.load import load_policy
 from promotion.policy.model import Candidate
 from promotion.registry.client import connect
 from promotion.report.decision import table, to_json_text
 from promotion.report.github import write_github
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from promotion.engine.results import GateResult
 
 
 @click.command("gate")
@@ -35,13 +43,24 @@ def command(policy_path: str, candidate: str | None, dry_run: bool, as_json: boo
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--candidate") from exc
     policy = load_policy(policy_path)
+    client = connect(tracking_uri())
     try:
-        result = run_gate(connect(tracking_uri()), policy, candidate=selector, dry_run=dry_run)
+        result = run_gate(client, policy, candidate=selector, dry_run=dry_run)
     except (GateConflict, GateIncomplete) as conflict:
         result = conflict.result
         click.echo(to_json_text(result) if as_json else table(result), nl=not as_json)
         write_github(result)
+        _announce(client, conflict)
         raise
     click.echo(to_json_text(result) if as_json else table(result), nl=not as_json)
     write_github(result)
+    _announce(client, result)
     return result
+
+
+def _announce(client: MlflowClient, subject: GateResult | GateConflict | GateIncomplete) -> None:
+    """The decision's event to the configured endpoints and people (docs/events.md); what
+    became of it on stderr. Never changes the decision nor its exit code."""
+    line = announce(client, subject)
+    if line is not None:
+        click.echo(line, err=True)

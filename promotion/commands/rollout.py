@@ -17,6 +17,7 @@ from promotion.commands.repeat import every_seconds, repeat
 from promotion.engine.results import RolloutConflict, RolloutIncomplete
 from promotion.gate.rollout import abort_rollout, rollout_of, run_rollout
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, LogStore
+from promotion.notify import announce
 from promotion.policy.load import load_policy
 from promotion.registry.client import connect
 from promotion.report.github import write_github_rollout
@@ -70,8 +71,8 @@ def command(policy_path: str, once: bool, every: str | None, abort: bool, reason
     rollout_of(policy)
     client = connect(tracking_uri())
     if abort:
-        return _show(lambda: abort_rollout(client, policy, reason=reason, dry_run=dry_run),
-                     as_json)
+        return _show(client, lambda: abort_rollout(client, policy, reason=reason,
+                                                   dry_run=dry_run), as_json)
     store = LogStore(log_uri)
     try:
         if interval is None:
@@ -84,17 +85,29 @@ def command(policy_path: str, once: bool, every: str | None, abort: bool, reason
 
 def _one(client: MlflowClient, policy: Policy, store: LogStore, dry_run: bool,
          as_json: bool) -> RolloutResult:
-    return _show(lambda: run_rollout(client, policy, store, dry_run=dry_run), as_json)
+    return _show(client, lambda: run_rollout(client, policy, store, dry_run=dry_run), as_json)
 
 
-def _show(step: Callable[[], RolloutResult], as_json: bool) -> RolloutResult:
+def _show(client: MlflowClient, step: Callable[[], RolloutResult],
+          as_json: bool) -> RolloutResult:
     try:
         result = step()
     except (RolloutConflict, RolloutIncomplete) as stopped:  # shown; the exit code tells
         click.echo(to_json_text(stopped.result) if as_json else table(stopped.result),
                    nl=not as_json)
         write_github_rollout(stopped.result)
+        _announce(client, stopped)
         raise
     click.echo(to_json_text(result) if as_json else table(result), nl=not as_json)
     write_github_rollout(result)
+    _announce(client, result)
     return result
+
+
+def _announce(client: MlflowClient,
+              subject: RolloutResult | RolloutConflict | RolloutIncomplete) -> None:
+    """A step's event (advanced, aborted, promoted, conflict) to the configured endpoints and
+    people (docs/events.md); what became of it on stderr. Never changes the exit code."""
+    line = announce(client, subject)
+    if line is not None:
+        click.echo(line, err=True)

@@ -14,10 +14,11 @@ import click
 
 from promotion.commands import tracking_uri
 from promotion.commands.repeat import every_seconds, repeat
-from promotion.engine.results import WatchNotApplied
+from promotion.engine.results import RollbackIncomplete, WatchNotApplied
 from promotion.errors import InvalidInput
 from promotion.gate.watch import run_watch
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, LogStore
+from promotion.notify import announce
 from promotion.policy.load import load_policy
 from promotion.registry.client import connect
 from promotion.report.github import write_github_watch
@@ -85,9 +86,14 @@ def _one(client: MlflowClient, policy: Policy, store: LogStore, dry_run: bool,
     except WatchNotApplied as stopped:  # the breach is shown; the exit code says nothing moved
         click.echo(to_json_text(stopped.result) if as_json else table(stopped.result))
         write_github_watch(stopped.result)
+        _announce(client, stopped)
+        raise
+    except RollbackIncomplete as incomplete:  # rolled back; its record is incomplete (exit 5)
+        _announce(client, incomplete)
         raise
     click.echo(to_json_text(result) if as_json else table(result))
     write_github_watch(result)
+    _announce(client, result)
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
         files = watch_files(result)
@@ -96,3 +102,12 @@ def _one(client: MlflowClient, policy: Policy, store: LogStore, dry_run: bool,
         for name, data in files.items():
             (report_dir / name).write_bytes(data)
     return result
+
+
+def _announce(client: MlflowClient,
+              subject: WatchResult | WatchNotApplied | RollbackIncomplete) -> None:
+    """A breach's event (rollback or alert) to the configured endpoints and people
+    (docs/events.md); what became of it on stderr. Never changes the exit code."""
+    line = announce(client, subject)
+    if line is not None:
+        click.echo(line, err=True)

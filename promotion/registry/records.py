@@ -31,6 +31,9 @@ from promotion.registry.internals import artifact_repository
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+# What became of a decision's events (promotion.notify), on its record run.
+EVENTS_TAG = "promotion.events"  # "delivered to 2 of 2 endpoints", or which failed and why
+NOTIFIED_TAG = "promotion.notified"  # "notified 2 of 2 targets", or which failed and why
 DUPLICATE_ALLOWANCE = 10  # extra rows read so that hiding duplicates still fills `limit`
 _experiment_ids: dict[str, str] = {}  # tracking URI -> experiment id, for this process
 
@@ -99,6 +102,14 @@ def set_run_outcome(client: MlflowClient, run_id: str, outcome: str, reason: str
     with registry_errors("updating a decision record"):
         client.log_batch(run_id, tags=[RunTag(OUTCOME, outcome), RunTag(REASON, clip(reason))])
         client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
+
+
+def tag_record(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    """Add tags to a decision's record run (finished or not): what its events became."""
+    from mlflow.entities import RunTag
+
+    with registry_errors("tagging the decision record"):
+        client.log_batch(run_id, tags=[RunTag(k, clip(v)) for k, v in tags.items()])
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from promotion.engine.results import GateResult, RolloutResult, WatchResult
 from promotion.report.decision import markdown
 from promotion.report.rollout import markdown as rollout_markdown
+from promotion.report.text import md
 from promotion.report.watch import markdown as watch_markdown
 
 
@@ -66,3 +67,9 @@ def write_github_rollout(result: RolloutResult, env: Mapping[str, str] | None = 
         "step": str(state.step + 1) if state else "",
         "share": f"{state.share:g}" if state else "",
         "dry_run": "true" if result.dry_run else "false"})
+
+
+def write_github_events(line: str, env: Mapping[str, str] | None = None) -> None:
+    """Inside GitHub Actions: what a decision's events became, in the job summary (`line` holds
+    no URL and no secret: promotion.notify says endpoints and targets by number)."""
+    _write(env, f"{md(line)}\n", {})

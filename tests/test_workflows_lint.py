@@ -27,7 +27,9 @@ WORKFLOWS = REPO / ".github" / "workflows"
 WORKFLOW_FILES = sorted([*WORKFLOWS.glob("*.yml"), *WORKFLOWS.glob("*.yaml")])
 EXPECTED = {"ci.yml", "monitor.yml", "policy-check.yml", "promote.yml"}
 SECRETS = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
-           "MLFLOW_TRACKING_TOKEN", "PROMOTE_LOG_URI"}
+           "MLFLOW_TRACKING_TOKEN", "PROMOTE_LOG_URI", "PROMOTE_EVENTS_URLS",
+           "PROMOTE_EVENTS_SECRET", "PROMOTE_NOTIFY_URLS"}
+EVENT_SECRETS = {"PROMOTE_EVENTS_URLS", "PROMOTE_EVENTS_SECRET", "PROMOTE_NOTIFY_URLS"}
 PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 USES_LINE = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)\s*(?:#\s*(?P<comment>.*))?$", re.M)
 
@@ -188,6 +190,23 @@ def test_secrets_only_in_step_env(path):
                 # The secret lands in the variable MLflow reads, under the same name, nothing else.
                 assert name in SECRETS, (job_id, name)
                 assert str(value) == f"${{{{ secrets.{name} }}}}", (job_id, name)
+
+
+def test_event_secrets_reach_only_the_steps_that_decide(workflows):
+    """Decision events and notifications leave from the steps that make a decision, and from
+    no other (a dry run or a plan sends nothing and needs no such secret)."""
+    found = {(name, job_id, step.get("name")) for name in ("promote.yml", "monitor.yml")
+             for job_id, step in steps(workflows[name])
+             if EVENT_SECRETS & set(step.get("env", {}))}
+    assert {(w, j, s) for w, j, s in found} == {
+        ("promote.yml", "gate", "Gate every version trained in this run"),
+        ("promote.yml", "gate", "Gate"), ("promote.yml", "rollback", "Roll back"),
+        ("promote.yml", "abort-rollout", "Abort the rollout"), ("monitor.yml", "watch", "Watch"),
+        ("monitor.yml", "rollout", "Judge the step in force")}
+    for workflow, job_id, name in found:
+        env = next(step for j, step in steps(workflows[workflow])
+                   if j == job_id and step.get("name") == name)["env"]
+        assert EVENT_SECRETS <= set(env), (workflow, job_id, name)
 
 
 def test_promote_triggers(workflows):

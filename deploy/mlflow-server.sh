@@ -29,6 +29,19 @@ if [ -n "${MLFLOW_CORS_ALLOWED_ORIGINS:-}" ]; then
   set -- "$@" --cors-allowed-origins "$MLFLOW_CORS_ALLOWED_ORIGINS"
 fi
 
+# Webhook secrets are encrypted with this key (a Fernet key: 44 URL-safe base64 characters).
+# MLflow would crash on a malformed one; without one, each server process makes up its own: a
+# secret stored through one worker is unreadable to the others, and to all after a restart.
+key="${MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY:-}"
+not_a_key="MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY is not a Fernet key (make one: openssl rand -base64 32 | tr '+/' '-_')"
+case "$key" in
+  "") echo "mlflow-server: MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY is not set: webhook secrets" \
+        "will not be readable by other workers, nor after a restart (docs/central-node.md)" >&2 ;;
+  *[!A-Za-z0-9_=-]*) die "$not_a_key" ;;
+  *) [ "${#key}" -eq 44 ] || die "$not_a_key" ;;
+esac
+unset key not_a_key
+
 case "${MLFLOW_AUTH:-none}" in
   none) ;;
   basic)

@@ -62,6 +62,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "promotion.commands.feedback",
         "Join ground-truth labels (CSV/Parquet) to logged predictions.",
     ),
+    "webhooks": (
+        "promotion.commands.webhooks",
+        "Point MLflow webhooks at serving endpoints (ensure), and test them.",
+    ),
 }
 
 

@@ -30,6 +30,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from importlib.metadata import version
 from pathlib import Path
 
@@ -51,6 +52,32 @@ NOWHERE = "http://127.0.0.1:9"
 # subprocesses and in the test server.
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 os.environ.update(NO_TELEMETRY)
+
+
+@cache
+def webhook_delivery_env() -> dict[str, str]:
+    """What the test server needs to really deliver webhooks to a receiver in this process.
+
+    One value per session: both server paths (container and subprocess) get the same.
+    """
+    from cryptography.fernet import Fernet
+
+    return {
+        # MLflow refuses to connect to loopback and private addresses (its SSRF guard checks the
+        # peer of every delivery's socket, mlflow/webhooks/ssrf.py); the tests' receiver listens
+        # on 127.0.0.1.
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        # MLflow accepts only https:// webhook URLs by default; the tests' receiver speaks plain
+        # HTTP (the server's HTTPS client would not trust a test certificate).
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        # The server encrypts webhook secrets with this Fernet key. Without it, each server
+        # process makes up its own: with 2 workers, one could not read (nor sign with) a secret
+        # the other stored.
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode("ascii"),
+        # Each worker caches the webhooks of an event for 60 s by default: a webhook a test just
+        # created would get its first delivery up to a minute later.
+        "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+    }
 
 
 @dataclass(frozen=True)
@@ -188,7 +215,7 @@ def _start_container(p: ServerPlan) -> Iterator[str]:
             )
         )
     # The official image has no /tmp/mlflow; create it before the server needs it.
-    container.with_envs(**NO_TELEMETRY)
+    container.with_envs(**NO_TELEMETRY, **webhook_delivery_env())
     container.with_kwargs(
         **container._kwargs, entrypoint=["sh", "-c", 'mkdir -p /tmp/mlflow && exec "$@"', "--"]
     )
@@ -229,7 +256,7 @@ def _start_subprocess(p: ServerPlan) -> Iterator[str]:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
-        env={**os.environ, **NO_TELEMETRY, "MLFLOW_TRACKING_URI": ""},
+        env={**os.environ, **NO_TELEMETRY, **webhook_delivery_env(), "MLFLOW_TRACKING_URI": ""},
     )
     try:
         try:

@@ -11,6 +11,7 @@ Each test that cannot run on this machine is skipped and says why.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -173,7 +174,8 @@ def test_env_example_documents_every_variable_the_compose_file_reads():
     assert set(documented) - compose_variables() == {"COMPOSE_PROJECT_NAME"}
     # Secrets have no value in the example: whoever deploys must choose them.
     for name in ("POSTGRES_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD",
-                 "MLFLOW_FLASK_SERVER_SECRET_KEY", "AWS_SECRET_ACCESS_KEY"):
+                 "MLFLOW_FLASK_SERVER_SECRET_KEY", "AWS_SECRET_ACCESS_KEY",
+                 "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"):
         assert documented[name] == "", name
 
 
@@ -220,12 +222,17 @@ def compose() -> list[str]:
     return command
 
 
+def fernet_key() -> str:
+    """A key as deploy/.env.example says to make one (32 random bytes, URL-safe base64)."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode("ascii")
+
+
 def env_file(tmp_path: Path, **overrides: str) -> Path:
     settings = {**example_settings(), "POSTGRES_PASSWORD": secrets.token_hex(12),
                 "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_hex(12),
                 "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
                 "AWS_ACCESS_KEY_ID": "central", "AWS_SECRET_ACCESS_KEY": secrets.token_hex(12),
-                **overrides}
+                "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": fernet_key(), **overrides}
     path = tmp_path / "test.env"
     path.write_text("".join(f"{k}={v}\n" for k, v in settings.items()))
     return path
@@ -254,6 +261,10 @@ def test_the_compose_file_is_valid_and_complete(compose, tmp_path):
     store = mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
     assert store.startswith("postgresql://mlflow:") and store.endswith("@postgres:5432/mlflow")
     assert mlflow["environment"]["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlartifacts"
+    # Webhooks: one encryption key for every worker; endpoints on the private network allowed.
+    assert len(mlflow["environment"]["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"]) == 44
+    assert mlflow["environment"]["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] == "true"
+    assert mlflow["environment"]["MLFLOW_WEBHOOK_ALLOWED_SCHEMES"] == "http,https"
     assert any("/mlartifacts" in str(v) for v in mlflow["volumes"])
     assert any("/var/lib/postgresql/data" in str(v) for v in postgres["volumes"])
     assert {"postgres-data", "mlflow-artifacts"} <= set(config["volumes"])

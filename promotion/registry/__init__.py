@@ -8,6 +8,7 @@
     lease      the per-model lease every alias-moving command holds
     models     a version's artifacts as files (download by number, measure)
     internals  every use of an MLflow internal, each behind one named function
+    webhooks   the MLflow webhooks that point the central node at serving endpoints
 
 Callers use this facade (`registry.alias_target(client, ...)`); the modules below never import it.
 """
@@ -31,6 +32,20 @@ from promotion.registry.versions import (
     version_facts,
     versions_tagged,
 )
+from promotion.registry.webhooks import (
+    DEFAULT_EVENTS,
+    SECRET_ENV,
+    EnsureResult,
+    WebhookSpec,
+    WebhookState,
+    WebhookTest,
+    delete_webhook,
+    ensure_webhook,
+    find_webhooks,
+    list_webhooks,
+    send_test_event,
+    webhook_spec,
+)
 from promotion.registry.writes import (
     create_version,
     delete_alias,
@@ -41,17 +56,27 @@ from promotion.registry.writes import (
 )
 
 __all__ = [
+    "DEFAULT_EVENTS",
     "PARALLEL_REQUESTS",
+    "SECRET_ENV",
+    "EnsureResult",
+    "WebhookSpec",
+    "WebhookState",
+    "WebhookTest",
     "alias_target",
     "alias_version",
     "connect",
     "create_version",
     "delete_alias",
+    "delete_webhook",
     "describe_uri",
     "ensure_registered_model",
+    "ensure_webhook",
+    "find_webhooks",
     "get_version",
     "last_versions",
     "latest_version",
+    "list_webhooks",
     "name_clause",
     "parallel",
     "point_alias",
@@ -60,8 +85,10 @@ __all__ = [
     "registry_errors",
     "resolve",
     "run_metrics",
+    "send_test_event",
     "set_alias",
     "set_tags",
     "version_facts",
     "versions_tagged",
+    "webhook_spec",
 ]

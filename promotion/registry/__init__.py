@@ -34,7 +34,6 @@ from promotion.registry.versions import (
 )
 from promotion.registry.webhooks import (
     DEFAULT_EVENTS,
-    SECRET_ENV,
     EnsureResult,
     WebhookSpec,
     WebhookState,
@@ -58,7 +57,6 @@ from promotion.registry.writes import (
 __all__ = [
     "DEFAULT_EVENTS",
     "PARALLEL_REQUESTS",
-    "SECRET_ENV",
     "EnsureResult",
     "WebhookSpec",
     "WebhookState",

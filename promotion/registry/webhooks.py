@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
+from promotion.engine.webhooks import EnsureResult, WebhookTest
 from promotion.errors import InvalidInput, RegistryError, redact
 from promotion.registry.client import registry_errors
 
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities.webhook import Webhook
 
-SECRET_ENV = "PROMOTE_WEBHOOK_SECRET"
 DEFAULT_EVENTS = ("model_version_alias.created", "model_version_alias.deleted")
 NAME_PREFIX = "promote-serve-"
 ACTIVE = "ACTIVE"
@@ -96,40 +96,6 @@ class WebhookState:
     events: tuple[str, ...]
     status: str
     created: int  # creation time, ms
-
-
-@dataclass(frozen=True)
-class EnsureResult:
-    """What `ensure_webhook` did (or, on a dry run, would do)."""
-
-    name: str
-    webhook_id: str | None  # None: a dry run that would create it
-    url: str
-    events: tuple[str, ...]
-    status: str
-    action: str  # "create" | "update" | "none" (up to date: only the secret is sent again)
-    changed: tuple[str, ...]  # for "update": which of url, events, status differed
-    dry_run: bool
-    duplicates: tuple[str, ...] = ()  # ids of older webhooks with the same name, left alone
-    return_code: int = 0
-
-
-@dataclass(frozen=True)
-class WebhookTest:
-    """What the server reported after sending MLflow's test event to a webhook's URL."""
-
-    name: str
-    webhook_id: str
-    url: str
-    event: str  # the event MLflow tested with: the webhook's first
-    success: bool
-    status_code: int | None
-    response: str | None  # an excerpt of the endpoint's answer, credentials removed
-    error: str | None  # the server's reason when nothing was answered
-
-    @property
-    def return_code(self) -> int:
-        return 0 if self.success else int(RegistryError.exit_code)
 
 
 # -- what is asked: checked before anything is sent ---------------------------------------------

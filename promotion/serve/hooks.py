@@ -39,6 +39,7 @@ from starlette.responses import Response
 from promotion.engine.signing import (
     DELIVERY_ID_HEADER,
     MAX_DELIVERY_ID,
+    SECRET_ENV,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     TOLERANCE_SECONDS,
@@ -52,7 +53,6 @@ from promotion.serve.routing import json_response, read_body
 
 log = logging.getLogger("promotion.serving")
 
-SECRET_ENV = "PROMOTE_WEBHOOK_SECRET"
 HOOK_PATH = "/hooks/mlflow"
 MAX_HOOK_BYTES = 64 * 1024  # MLflow's registry payloads are a few hundred bytes
 ALIAS_ENTITY = "model_version_alias"

@@ -13,7 +13,8 @@ One run, on this machine, loopback only, everything in a temporary directory:
      write a gate or a rollback makes), and from the moment the write returns, each endpoint is
      asked (POST /invocations, 1 row, every 20 ms) until its answer comes from the new version
      (`X-Model-Version`): the time to the first response from it, the load of the version
-     included (the endpoint downloads and loads it when it learns of the move).
+     included (the endpoint downloads and loads it when it learns of the move). Each move waits
+     a random part of the poll interval first (seeded), as a user's move falls anywhere in it.
 Printed: every move's two times, then median, 90th percentile and worst of each, and the goals:
 push's median at most 1 s, and at least 10 times faster than polling's. Figures only: the exit
 code is 0 whether or not a goal is met.
@@ -27,6 +28,7 @@ import argparse
 import base64
 import http.client
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -42,6 +44,7 @@ import serve as serve_bench
 
 BIN = serve_bench.BIN
 MODEL = serve_bench.MODEL
+POLL_INTERVAL = 10.0  # promote serve's default without a webhook secret
 PROBE_EVERY = 0.02  # seconds between two asks of one endpoint
 GIVE_UP = 60.0  # seconds a move may take to reach an endpoint
 
@@ -85,8 +88,12 @@ def run(tmp: Path, moves: int) -> int:
               "(webhook)\n\nmove  to   poll s  push s")
         times: dict[str, list[float]] = {"poll": [], "push": []}
         target = one
+        rng = random.Random(0)
         for n in range(1, moves + 1):
             target = two if target == one else one
+            # A move right after the last one converged would come just after a poll, the worst
+            # phase for polling; a user's move comes at any moment of the interval.
+            time.sleep(rng.uniform(0, POLL_INTERVAL))
             reached = move(env, target, {"poll": poll, "push": push}, payload)
             for name in times:
                 times[name].append(reached[name])

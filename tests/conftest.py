@@ -299,8 +299,9 @@ def mlflow_server() -> Iterator[str]:
 def _no_accidental_mlflow(monkeypatch: pytest.MonkeyPatch,
                           tmp_path_factory: pytest.TempPathFactory) -> None:
     """Tests that did not ask for a server must not reach one (nor write ./mlflow.db, nor an
-    inference log ./promote-log.db)."""
+    inference log ./promote-log.db, nor `promote serve`'s model cache in the user's ~/.cache)."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", NOWHERE)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
     log = tmp_path_factory.getbasetemp() / "promote-log.db"
     monkeypatch.setenv("PROMOTE_LOG_URI", f"sqlite:///{log}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")

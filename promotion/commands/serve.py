@@ -1,4 +1,4 @@
-"""`promote serve MODEL`: serve models:/MODEL@ALIAS over HTTP and follow the alias as it moves.
+"""`promote serve SPEC [SPEC ...]`: serve models over HTTP and follow their aliases as they move.
 
 The click layer only: options -> `ServeOptions` -> `promotion.serve.server.serve`. Start-up and
 shutdown (exit codes, SIGTERM, the log) are described in `promotion.serve.server`.
@@ -6,28 +6,47 @@ shutdown (exit codes, SIGTERM, the log) are described in `promotion.serve.server
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from promotion.commands import tracking_uri
 from promotion.errors import InvalidInput
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, engine_url
 from promotion.policy.model import DEFAULT_ALIAS
+from promotion.serve.cache import default_cache_dir
 from promotion.serve.hooks import SECRET_ENV
 from promotion.serve.server import (
     DEFAULT_HOST,
     DEFAULT_POLL_INTERVAL,
     DEFAULT_PORT,
+    DEFAULT_REGISTRY_TIMEOUT,
     WEBHOOK_POLL_INTERVAL,
     ServeOptions,
     ServeResult,
     serve,
 )
+from promotion.serve.specs import parse_size, parse_specs
 
 
 @click.command("serve")
-@click.argument("model")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC [SPEC ...]")
 @click.option("--alias", default=DEFAULT_ALIAS, show_default=True,
-              help="The registered-model alias to serve and follow.")
+              help="The registered-model alias a bare NAME follows.")
+@click.option("--lazy", "lazy", multiple=True, metavar="NAME",
+              help="Load this model on its first request, not at start (repeatable); only lazy "
+                   "models are evicted under --memory-budget.")
+@click.option("--memory-budget", default=None, metavar="SIZE",
+              help="Keep the models' estimated footprint (their size on disk) under SIZE "
+                   "(e.g. 2GiB, 512MiB) by unloading the least recently used lazy models.")
+@click.option("--cache-dir", default=None, metavar="DIR",
+              help="Where served versions are kept, to start from when the registry cannot be "
+                   "read (default $XDG_CACHE_HOME/promote/serve or ~/.cache/promote/serve; "
+                   "'none' turns it off).")
+@click.option("--registry-timeout", default=DEFAULT_REGISTRY_TIMEOUT, show_default=True,
+              type=click.FloatRange(min=0.1), metavar="SECONDS",
+              help="How long one registry check may wait for an answer before the registry is "
+                   "reported unreachable.")
 @click.option("--host", default=DEFAULT_HOST, show_default=True,
               help="Interface to listen on (0.0.0.0: every interface, e.g. in a container).")
 @click.option("--port", default=DEFAULT_PORT, show_default=True,
@@ -71,12 +90,16 @@ from promotion.serve.server import (
               type=click.IntRange(min=1), metavar="N",
               help="Request copies waiting for a shadow canary at most; beyond, they are "
                    "dropped and counted.")
-def command(model: str, alias: str, host: str, port: int, poll_interval: float | None,
-            max_body_bytes: int, request_timeout: float, scoring_threads: int,
-            keep_alive: int, access_log: bool, log_uri: str, log_sample_rate: float,
-            log_max_rows: int, log_queue: int, row_key: str | None,
-            shadow_queue: int) -> ServeResult:
-    """Serve models:/MODEL@ALIAS over HTTP, following the alias as it moves.
+def command(specs: tuple[str, ...], alias: str, lazy: tuple[str, ...],
+            memory_budget: str | None, cache_dir: str | None, registry_timeout: float,
+            host: str, port: int, poll_interval: float | None, max_body_bytes: int,
+            request_timeout: float, scoring_threads: int, keep_alive: int, access_log: bool,
+            log_uri: str, log_sample_rate: float, log_max_rows: int, log_queue: int,
+            row_key: str | None, shadow_queue: int) -> ServeResult:
+    """Serve models over HTTP, following their aliases as they move.
+
+    \b
+    SPEC is NAME (follows --alias), NAME@ALIAS, or NAME/VERSION (that version only).
 
     \b
     POST /invocations  MLflow's scoring protocol; X-Model-Version names the version used
@@ -85,6 +108,8 @@ def command(model: str, alias: str, host: str, port: int, poll_interval: float |
     GET  /version      served version, alias target, last error
     GET  /metrics      Prometheus metrics
     POST /hooks/mlflow MLflow registry webhooks (signed with $PROMOTE_WEBHOOK_SECRET)
+    With several SPECs, each model answers under /models/NAME/ (invocations,
+    feedback, health, version), and /health and /version at the root cover all.
 
     Every request is logged to --log-uri (with the rows of --log-sample-rate of
     them), off the request path: a slow or dead log database never fails a request.
@@ -98,26 +123,55 @@ def command(model: str, alias: str, host: str, port: int, poll_interval: float |
     answers its share of requests (canary mode; X-Routing-Key keeps a client on one
     version) or gets a copy of them (shadow mode); it never affects readiness.
 
+    Each version served is kept in a local cache (--cache-dir): when the registry
+    cannot be read at start-up, a model starts from it, reported as degraded.
+
     \b
-    Exit codes: 0 stopped by SIGTERM, 2 unknown model or alias / port in use /
-    bad option, 3 registry unreachable at start-up, 130 interrupted (Ctrl-C).
+    Exit codes: 0 stopped by SIGTERM, 2 unknown model or alias / invalid SPEC /
+    port in use / bad option, 3 registry unreachable at start-up and no cached
+    version, 130 interrupted (Ctrl-C).
     """
-    if not model.strip():
-        raise InvalidInput("MODEL must not be empty")
     if not alias.strip():
         raise InvalidInput("--alias must not be empty")
-    uri = None if log_uri.strip().lower() == "none" else log_uri.strip()
+    parse_specs(specs, alias, lazy)  # one line naming a bad SPEC, before anything else
+    if row_key is not None and not row_key.strip():
+        raise InvalidInput("--row-key must not be empty")
+    options = ServeOptions(model=specs[0], more=specs[1:], lazy=lazy,
+                           memory_budget=_budget(memory_budget), cache_dir=_cache_dir(cache_dir),
+                           registry_timeout=registry_timeout, alias=alias, host=host, port=port,
+                           poll_interval=poll_interval, max_body_bytes=max_body_bytes,
+                           request_timeout=request_timeout, scoring_threads=scoring_threads,
+                           keep_alive=keep_alive, access_log=access_log,
+                           log_uri=_log_uri(log_uri), log_sample_rate=log_sample_rate,
+                           log_max_rows=log_max_rows, log_queue=log_queue, row_key=row_key,
+                           shadow_queue=shadow_queue)
+    return serve(options, tracking_uri())
+
+
+def _log_uri(value: str) -> str | None:
+    """--log-uri: None for 'none', else a URI whose scheme is checked."""
+    uri = None if value.strip().lower() == "none" else value.strip()
     if uri is not None:
         try:
             engine_url(uri)
         except InvalidInput as exc:
             raise InvalidInput(f"--log-uri: {exc}") from exc
-    if row_key is not None and not row_key.strip():
-        raise InvalidInput("--row-key must not be empty")
-    options = ServeOptions(model=model, alias=alias, host=host, port=port,
-                           poll_interval=poll_interval, max_body_bytes=max_body_bytes,
-                           request_timeout=request_timeout, scoring_threads=scoring_threads,
-                           keep_alive=keep_alive, access_log=access_log, log_uri=uri,
-                           log_sample_rate=log_sample_rate, log_max_rows=log_max_rows,
-                           log_queue=log_queue, row_key=row_key, shadow_queue=shadow_queue)
-    return serve(options, tracking_uri())
+    return uri
+
+
+def _budget(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise InvalidInput(f"--memory-budget: {exc}") from exc
+
+
+def _cache_dir(value: str | None) -> Path | None:
+    """--cache-dir: the default when not given, None for 'none', else the directory."""
+    if value is None:
+        return default_cache_dir()
+    if not value.strip():
+        raise InvalidInput("--cache-dir must not be empty ('none' turns the cache off)")
+    return None if value.strip().lower() == "none" else Path(value).expanduser()

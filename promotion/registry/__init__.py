@@ -7,6 +7,7 @@
     journal    the write-ahead intent on a registered model; the runs of one operation
     lease      the per-model lease every alias-moving command holds
     models     a version's artifacts as files (download by number, measure)
+    bounded    reads with a timeout of their own: what a serving endpoint checks on each poll
     internals  every use of an MLflow internal, each behind one named function
     webhooks   the MLflow webhooks that point the central node at serving endpoints
 

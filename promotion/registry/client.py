@@ -42,9 +42,18 @@ PRIVACY_DEFAULTS = {
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 
+# A tracking server that proxies an S3 artifact store (`--artifacts-destination s3://...`) tells
+# MLflow 3.17 clients to download every file through a presigned URL, straight from the bucket: an
+# endpoint that can reach the tracking server but not the bucket (the point of proxying) would
+# never load a version. Promote keeps downloads on the server; a user whose every client reaches
+# the bucket can set it to true to spare the server that traffic.
+DOWNLOAD_DEFAULTS = {
+    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+}
+
 
 def apply_retry_defaults() -> None:
-    """MLflow's HTTP and privacy settings for this process: the ONE place Promote changes
+    """MLflow's HTTP, privacy and download settings for this process: the ONE place Promote changes
     process-wide state.
 
     MLflow reads its retry, timeout, telemetry and printing settings from environment variables at
@@ -52,7 +61,7 @@ def apply_retry_defaults() -> None:
     value the user set always wins). Called by `connect` and, before MLflow is first imported, by
     the commands that log through MLflow's fluent API.
     """
-    for name, value in {**RETRY_DEFAULTS, **PRIVACY_DEFAULTS}.items():
+    for name, value in {**RETRY_DEFAULTS, **PRIVACY_DEFAULTS, **DOWNLOAD_DEFAULTS}.items():
         os.environ.setdefault(name, value)
 
 

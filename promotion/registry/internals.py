@@ -34,3 +34,36 @@ def artifact_repository(artifact_uri: str, tracking_uri: str) -> Any:
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     return get_artifact_repository(artifact_uri, tracking_uri=tracking_uri)
+
+
+def read_within(client: MlflowClient, api: Any, request: Any, *, timeout: float,
+                retries: int) -> Any | None:
+    """One registry read (a GET endpoint of MLflow's REST API, as its request message) with its
+    own timeout and retries: the response message, or None when the registry is not served over
+    HTTP (a local store; the caller then reads through the client).
+
+    Why not MlflowClient: every request it makes takes its timeout and retries from process-wide
+    environment variables (MLFLOW_HTTP_REQUEST_TIMEOUT, MLFLOW_HTTP_REQUEST_MAX_RETRIES), read as
+    it is sent. A serving endpoint checks the registry on every poll and must learn quickly that
+    it cannot, while its downloads, in the same process and at the same time, keep patient
+    settings. MLflow's own request function takes both per call.
+    """
+    import json
+
+    from mlflow.store.model_registry.rest_store import RestStore
+    from mlflow.utils.proto_json_utils import message_to_json, parse_dict
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    store = registry_writer(client).store
+    if not isinstance(store, RestStore):
+        return None
+    endpoint, method = store._get_endpoint_from_method(api)
+    if method != "GET":
+        raise ValueError(f"{api.__name__} is not a read")
+    response = http_request(store.get_host_creds(), endpoint, method,
+                            params=json.loads(message_to_json(request)), timeout=timeout,
+                            max_retries=retries)
+    response = verify_rest_response(response, endpoint)
+    answer = api.Response()
+    parse_dict(js_dict=response.json(), message=answer)
+    return answer

@@ -14,6 +14,7 @@ from promotion.registry.versions import registered_model
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities.model_registry import RegisteredModel
 
 
 def read_route(client: MlflowClient, model: str, alias: str) -> Route:
@@ -22,7 +23,11 @@ def read_route(client: MlflowClient, model: str, alias: str) -> Route:
     InvalidInput (2) when the alias is not set or the model unknown; RegistryError (3) when the
     registry cannot be read.
     """
-    rm = registered_model(client, model)
+    return route_from(registered_model(client, model), model, alias)
+
+
+def route_from(rm: RegisteredModel, model: str, alias: str) -> Route:
+    """The route in a registered model as read; InvalidInput (2) when the alias is not set."""
     aliases = {str(k): str(v) for k, v in (rm.aliases or {}).items()}
     route = route_of(aliases, dict(rm.tags or {}), alias)
     if route is None:

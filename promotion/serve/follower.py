@@ -21,138 +21,65 @@ Polling is the ground truth. A registry event pushed to the endpoint (an MLflow 
 number of nudges while a check runs make one more check, never a queue of them. An event that is
 lost costs at most one poll interval.
 
-The follower's inputs are two plain callables (resolve the alias, load a version), so its logic is
-tested without a registry; `alias_resolver` and `version_loader` build the real ones on the
-registry layer (`promotion.registry`), which does every registry request and download. Only
-loading a downloaded version into memory (`mlflow.pyfunc`, imported inside `load`) is done here.
+Several models in one process (promotion.serve.fleet) each have a follower, and three more
+behaviours serve them:
+- lazy: a follower made with `lazy=True` only checks the alias until `activate()` (a model's
+  first request); `unload()` drops what it serves to free memory (the memory budget), and it
+  loads nothing more until activated again. A load that ends after an unload is discarded.
+- pinned: a follower of one version (`pinned=True`) stops polling once that version is served
+  and the registry has answered.
+- the local cache: `fallback` loads the version kept on disk (promotion.serve.cache); it is used
+  when nothing is served and the registry cannot be read, at once when the registry could not
+  be read at start-up (`unreachable_since`). `kept` is told of every version swapped in, so the
+  cache keeps it. The state says since when the registry has been unreachable, and whether a
+  check is in progress (a check that hangs is reported by promotion.serve.documents).
+
+The follower's inputs are plain callables (resolve the alias, load a version, load the cached
+one), so its logic is tested without a registry; `promotion.serve.loading` builds the real ones
+on the registry layer (`promotion.registry`), which does every registry request and download.
 """
+
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from promotion.engine.rollout import CanaryRoute, Route
-from promotion.errors import redact
-from promotion.registry import get_version
-from promotion.registry.models import download_version
-from promotion.registry.rollouts import read_route
-
-if TYPE_CHECKING:
-    from mlflow import MlflowClient
+from promotion.errors import InvalidInput, redact
+from promotion.serve.loading import alias_resolver, scratch_dir, version_loader, warm_up
+from promotion.serve.state import (
+    TRIGGERS,
+    CanaryState,
+    Fallback,
+    FollowError,
+    FollowerState,
+    FollowEvent,
+    Kept,
+    Load,
+    Resolve,
+    Served,
+    SwapCounts,
+    Trigger,
+)
 
 log = logging.getLogger("promotion.serving")
+
+# The names other modules and tests use from here (the states live in promotion.serve.state, the
+# real resolve and load in promotion.serve.loading).
+__all__ = ["MAX_RETRY_DELAY", "TRIGGERS", "AliasFollower", "CanaryState", "FollowError",
+           "FollowEvent", "FollowerState", "Load", "Resolve", "Served", "SwapCounts", "Trigger",
+           "alias_resolver", "scratch_dir", "version_loader", "warm_up"]
 
 # A version that failed to load is retried after poll_interval * 2**(failures-1), capped: a broken
 # version must not be downloaded again every few seconds, a transient failure must heal on its own.
 MAX_RETRY_DELAY = 600.0
-
-
-@dataclass(frozen=True)
-class Served:
-    """One loaded model version. Never mutated: a newer version replaces it as a whole."""
-
-    version: str
-    model: Any  # mlflow.pyfunc.PyFuncModel (kept untyped so this module imports no mlflow)
-    loaded_at: float  # epoch seconds
-    load_seconds: float
-    run_id: str | None = None
-    input_schema: Any = None  # mlflow.types.Schema, or None when the model has no signature
-    path: str | None = None  # local copy of the artifacts, removed once no longer needed
-    model_dir: str | None = None  # the model's own directory inside `path` (its MLmodel)
-
-
-@dataclass(frozen=True)
-class FollowError:
-    """The last thing that went wrong while following the alias."""
-
-    message: str
-    at: float
-    version: str | None = None  # None: the alias itself could not be resolved
-
-
-@dataclass(frozen=True)
-class CanaryState:
-    """The canary the route names, as this endpoint holds it."""
-
-    route: CanaryRoute
-    served: Served | None = None  # None: loading, or benched because it could not be loaded
-    benched: str | None = None  # why it gets no traffic for the rest of its step (a failed load)
-
-    @property
-    def status(self) -> str:
-        """serving, loading or benched (by its load; the request guard benches on its own)."""
-        if self.benched is not None:
-            return "benched"
-        return "serving" if self.served is not None else "loading"
-
-
-# What made the follower check the alias: its thread's first check, the poll interval, or a
-# registry event pushed to the endpoint (promotion.serve.hooks).
-Trigger = Literal["start", "poll", "webhook"]
-TRIGGERS: tuple[Trigger, ...] = ("start", "poll", "webhook")
 _WHY = {"start": "at start", "poll": "on a poll", "webhook": "on a webhook"}
-
-
-@dataclass(frozen=True)
-class SwapCounts:
-    """Versions swapped in, by what made the follower look."""
-
-    start: int = 0
-    poll: int = 0
-    webhook: int = 0
-
-    def add(self, trigger: Trigger) -> SwapCounts:
-        return replace(self, **{trigger: getattr(self, trigger) + 1})
-
-    def as_dict(self) -> dict[str, int]:
-        return {trigger: getattr(self, trigger) for trigger in TRIGGERS}
-
-
-@dataclass(frozen=True)
-class FollowEvent:
-    """A registry event that asked the follower to check at once (an MLflow webhook)."""
-
-    at: float  # when it arrived (epoch seconds)
-    delivery_id: str
-    alias: str
-    action: str  # created, deleted
-    version: str | None = None  # the version the alias was set to (None: deleted)
-
-
-@dataclass(frozen=True)
-class FollowerState:
-    """Everything the endpoint reports, replaced as a whole on every change."""
-
-    served: Served | None = None
-    serving_since: float | None = None  # when `served` was swapped in (epoch seconds)
-    alias_version: str | None = None  # what the alias pointed at on the last successful check
-    checked_at: float | None = None  # last successful alias check
-    last_error: FollowError | None = None
-    swaps: int = 0  # versions swapped in after the first one
-    load_failures: int = 0
-    swaps_by_trigger: SwapCounts = SwapCounts()  # every version swapped in, the first included
-    last_event: FollowEvent | None = None  # the last registry event that asked for a check
-    canary: CanaryState | None = None  # the canary in force, if a rollout is
-    note: str | None = None  # why a rollout state on the model was not followed
-
-    @property
-    def in_sync(self) -> bool:
-        """True when the served version is the one the alias points at."""
-        return self.served is not None and self.served.version == self.alias_version
-
-
-# -> the version the alias points at now, or the route: that version and the canary in force
-Resolve = Callable[[], str | Route]
-Load = Callable[[str], Served]  # version -> a completely loaded Served
 
 
 @dataclass(frozen=True)
@@ -166,40 +93,69 @@ class AliasFollower:
 
     `refresh()` is one poll step; `start()` runs it every `poll_interval` seconds on a daemon
     thread until `stop()`, and at once when `nudge()`d. Only that thread loads and swaps; a
-    nudge records the event that caused it; readers just read `state`.
+    nudge records the event that caused it; readers just read `state`. `unload()` (from any
+    thread) empties the state in one step too.
     """
 
     def __init__(self, model: str, alias: str, poll_interval: float, resolve: Resolve,
-                 load: Load, clock: Callable[[], float] = time.time) -> None:
+                 load: Load, clock: Callable[[], float] = time.time, *,
+                 fallback: Fallback | None = None, kept: Kept | None = None,
+                 lazy: bool = False, pinned: bool = False,
+                 unreachable_since: float | None = None) -> None:
         if poll_interval <= 0:
             raise ValueError("poll_interval must be positive")
         self.model = model
-        self.alias = alias
+        self.alias = alias  # for a pinned version: v<VERSION>, which MLflow reserves
         self.poll_interval = poll_interval
+        self.lazy = lazy
+        self.pinned = pinned
+        self.what = f"{model}/{alias.removeprefix('v')}" if pinned else f"{model}@{alias}"
         self._resolve = resolve
         self._load = load
+        self._fallback = fallback
+        self._kept = kept
         self._clock = clock
-        self._state = FollowerState()
+        self._state = FollowerState(unreachable_since=unreachable_since)
         self._failures: dict[str, _Failure] = {}
         self._retiring: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # The follower thread writes the state; a nudge writes `last_event`. Each field has one
-        # writer, and every write replaces the whole state under this lock.
+        # The follower thread writes the state; a nudge writes `last_event`, `unload` empties
+        # what is served. Every write replaces the whole state under this lock.
         self._state_lock = threading.Lock()
         # A nudge sets `_wake` (and says why in `_nudged`); the thread clears both, under
         # `_wake_lock`, just before the refresh that answers them.
         self._wake = threading.Event()
         self._wake_lock = threading.Lock()
         self._nudged: Trigger | None = None
+        # Lazy loading: whether to load at all, and a generation that every unload bumps (a
+        # load that began before an unload is not swapped in after it).
+        self._active = not lazy
+        self._generation = 0
+        self._dropped: list[Served] = []  # unloaded by another thread, retired by this one
+        self._cache_first = unreachable_since is not None and fallback is not None
+        self._fallback_tried = False
 
     @property
     def state(self) -> FollowerState:
         return self._state
 
+    @property
+    def active(self) -> bool:
+        """Whether the follower loads what the alias points at (a lazy one: once activated)."""
+        return self._active
+
     def _update(self, **changes: Any) -> None:
         with self._state_lock:
             self._state = replace(self._state, **changes)
+
+    def _update_if(self, generation: int, **changes: Any) -> bool:
+        """Apply `changes` unless the follower was unloaded since `generation` was read."""
+        with self._state_lock:
+            if generation != self._generation or not self._active:
+                return False
+            self._state = replace(self._state, **changes)
+            return True
 
     def nudge(self, reason: Trigger = "webhook", event: FollowEvent | None = None) -> None:
         """Check the alias now instead of at the end of the poll interval (a registry event said
@@ -216,28 +172,73 @@ class AliasFollower:
             self._nudged = reason
             self._wake.set()
 
+    def activate(self) -> None:
+        """Load what the alias points at (a lazy model's first request). Never blocks: it wakes
+        the follower thread, whose load counts as a start."""
+        with self._state_lock:
+            if self._active:
+                return
+            self._active = True
+            self._fallback_tried = False
+        with self._wake_lock:
+            self._nudged = "start"
+            self._wake.set()
+
+    def unload(self) -> Served | None:
+        """Stop serving (to free memory) and load nothing until `activate()`; what was served.
+
+        Requests holding the old version finish on it; its files go one retirement later.
+        """
+        with self._state_lock:
+            self._active = False
+            self._generation += 1
+            old, canary = self._state.served, self._state.canary
+            self._state = replace(self._state, served=None, serving_since=None, canary=None)
+            self._dropped += [s for s in (old, canary.served if canary else None) if s]
+        if old is not None:
+            log.info("unloaded %s version %s", self.model, old.version)
+        return old
+
     def refresh(self, trigger: Trigger = "poll") -> bool:
         """Check the alias once; load and swap in the version it points at if that is new, then
         follow the canary the route names (load it, or drop it). `trigger` is what asked for
-        this check (counted in `state.swaps_by_trigger` when it swaps).
+        this check (counted in `state.swaps_by_trigger` when it swaps). A follower that is not
+        active (lazy, not yet asked for) only checks.
 
         Returns True when a new version was swapped in. Never raises for registry or model
         problems: they are recorded in `state.last_error` and logged, and serving goes on.
         """
         now = self._clock()
+        self._retire_dropped()
+        swapped = False
+        if self._cache_first and self._active and self._state.served is None:
+            self._cache_first = False  # the registry could not be read at start: no waiting
+            swapped = self._from_cache(trigger)
+        self._update(checking_since=now)
         try:
             found = self._resolve()
         except Exception as exc:  # unreachable registry, alias deleted: keep serving what we have
-            self._record_error(f"cannot resolve {self.model}@{self.alias}: {_describe(exc)}", None)
-            return False
+            answered = isinstance(exc, InvalidInput)  # the registry said the alias is gone
+            self._update(checking_since=None, unreachable_since=None if answered else
+                         self._state.unreachable_since or now)
+            if not answered and self._active and self._state.served is None:
+                swapped = self._from_cache(trigger) or swapped
+            self._record_error(f"cannot resolve {self.what}: {_describe(exc)}", None)
+            return swapped
         route = found if isinstance(found, Route) else Route(str(found))
-        self._update(alias_version=route.version, checked_at=now, note=route.note)
-        swapped = self._follow(route.version, now, trigger)
+        since = self._state.unreachable_since
+        self._update(alias_version=route.version, checked_at=now, note=route.note,
+                     checking_since=None, unreachable_since=None)
+        if since is not None:
+            log.info("the registry answers again for %s (unreachable for %.1f s)", self.what,
+                     max(0.0, now - since))
+        if not self._active:
+            return swapped
+        swapped = self._follow(route.version, now, trigger) or swapped
         try:
             self._follow_canary(route.canary)
         except Exception:  # a canary must never stop the primary from being followed
-            log.exception("unexpected error while following the canary of %s@%s", self.model,
-                          self.alias)
+            log.exception("unexpected error while following the canary of %s", self.what)
         return swapped
 
     def _follow(self, target: str, now: float, trigger: Trigger) -> bool:
@@ -250,9 +251,10 @@ class AliasFollower:
         return self._swap_to(target, trigger)
 
     def _swap_to(self, version: str, trigger: Trigger) -> bool:
+        generation = self._generation
         new = self._in_memory(version)
         if new is None:
-            log.info("loading %s version %s (%s@%s)", self.model, version, self.model, self.alias)
+            log.info("loading %s version %s (%s)", self.model, version, self.what)
         try:
             new = new if new is not None else self._load(version)
         except Exception as exc:  # any load failure: the working model stays
@@ -265,19 +267,49 @@ class AliasFollower:
                                f"{keeping} (retry in {delay:g} s)", version, failed_load=True)
             return False
         self._failures.pop(version, None)
+        return self._commit(new, trigger, generation)
+
+    def _from_cache(self, trigger: Trigger) -> bool:
+        """Serve the version kept in the local cache (nothing is served, the registry cannot be
+        read); tried once per activation."""
+        if self._fallback is None or self._fallback_tried:
+            return False
+        self._fallback_tried = True
+        generation = self._generation
+        try:
+            new = self._fallback()
+        except Exception as exc:
+            self._record_error(f"cannot load the cached version of {self.what}: "
+                               f"{_describe(exc)}", None, failed_load=True)
+            return False
+        return self._commit(new, trigger, generation)
+
+    def _commit(self, new: Served, trigger: Trigger, generation: int) -> bool:
+        """The swap: one reference assignment. Requests holding the old version finish on it."""
         old = self._state.served
-        # The swap: one reference assignment. Requests holding `old` finish on it.
-        self._update(served=new, serving_since=self._clock(),
-                     swaps=self._state.swaps + (old is not None),
-                     swaps_by_trigger=self._state.swaps_by_trigger.add(trigger))
-        why = _WHY[trigger]
+        if not self._update_if(generation, served=new, serving_since=self._clock(),
+                               swaps=self._state.swaps + (old is not None),
+                               swaps_by_trigger=self._state.swaps_by_trigger.add(trigger)):
+            log.info("%s version %s was unloaded while it loaded; dropped", self.model,
+                     new.version)
+            if new.path and not self._holds(new.path):
+                shutil.rmtree(new.path, ignore_errors=True)
+            return False
+        how = (f"from the local cache, loaded in {new.load_seconds:.2f} s"
+               if new.source == "cache" else f"loaded in {new.load_seconds:.2f} s")
+        why = "on its first request" if trigger == "start" and self.lazy else _WHY[trigger]
         if old is None:
-            log.info("serving %s version %s (loaded in %.2f s; checked %s)", self.model, version,
-                     new.load_seconds, why)
+            log.info("serving %s version %s (%s; checked %s)", self.model, new.version, how, why)
         else:
-            log.info("swapped %s version %s -> %s (loaded in %.2f s; checked %s)", self.model,
-                     old.version, version, new.load_seconds, why)
+            log.info("swapped %s version %s -> %s (%s; checked %s)", self.model, old.version,
+                     new.version, how, why)
         self._retire(old)
+        if self._kept is not None and new.source != "cache":
+            try:
+                self._kept(new)
+            except Exception as exc:  # the cache is a convenience: serving goes on without it
+                log.warning("could not keep %s version %s in the local cache: %s", self.model,
+                            new.version, _describe(exc))
         return True
 
     def _follow_canary(self, route: CanaryRoute | None) -> None:
@@ -297,13 +329,15 @@ class AliasFollower:
                 self._update(canary=replace(held, route=route))
             return
         # The primary first: a canary is loaded once the endpoint serves something.
-        self._update(canary=CanaryState(route))
+        if not self._update_if(self._generation, canary=CanaryState(route)):
+            return
         if held is not None:
             self._retire(held.served)
         if self._state.served is not None:
             self._load_canary(route, held)
 
     def _load_canary(self, route: CanaryRoute, held: CanaryState | None) -> None:
+        generation = self._generation
         served = self._in_memory(route.version, held)
         try:
             if served is None:
@@ -314,9 +348,10 @@ class AliasFollower:
             reason = f"load failed: {_describe(exc)}"
             log.error("cannot load canary %s version %s (@%s): %s; it gets no traffic until "
                       "the next step", self.model, route.version, route.alias, reason)
-            self._update(canary=CanaryState(route, benched=reason))
+            self._update_if(generation, canary=CanaryState(route, benched=reason))
             return
-        self._update(canary=CanaryState(route, served))
+        if not self._update_if(generation, canary=CanaryState(route, served)):
+            return
         log.info("canary %s version %s (@%s) ready: %s mode, %g%% of requests", self.model,
                  route.version, route.alias, route.mode, route.share * 100)
 
@@ -353,6 +388,12 @@ class AliasFollower:
 
     # -- the background thread -----------------------------------------------------------------
 
+    def _retire_dropped(self) -> None:
+        with self._state_lock:
+            dropped, self._dropped = self._dropped, []
+        for served in dropped:
+            self._retire(served)
+
     def start(self) -> None:
         if self._thread is not None:
             return
@@ -370,17 +411,22 @@ class AliasFollower:
             try:
                 self.refresh(trigger)
             except Exception:  # a bug must not silently end following; log it and go on
-                log.exception("unexpected error while following %s@%s", self.model, self.alias)
+                log.exception("unexpected error while following %s", self.what)
             trigger = self._next_trigger()
+
+    def _settled(self) -> bool:
+        """A pinned version, served, and the registry has answered since: nothing to poll."""
+        state = self._state
+        return self.pinned and state.served is not None and state.unreachable_since is None
 
     def _next_trigger(self) -> Trigger:
         """Wait for the poll interval, or less when nudged; what the next refresh is for.
 
         The event is cleared just before the refresh that answers it, so a nudge that arrives
         during that refresh sets it again and gets one more refresh: nothing is lost, and a
-        flood of nudges costs one refresh.
+        flood of nudges costs one refresh. A settled pinned version waits for an activation.
         """
-        self._wake.wait(self.poll_interval)
+        self._wake.wait(None if self._settled() else self.poll_interval)
         with self._wake_lock:
             nudged, self._nudged = self._nudged, None
             self._wake.clear()
@@ -405,56 +451,3 @@ def _describe(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return redact(f"{type(exc).__name__}: {first}"[:500])
-
-
-# -- the real resolve/load, on the registry layer ----------------------------------------------
-
-
-def alias_resolver(client: MlflowClient, model: str, alias: str) -> Resolve:
-    """Resolve `model@alias` and the canary in force on each poll, from one read of the
-    registered model (raising as `read_route` does: the follower records it)."""
-    return functools.partial(read_route, client, model, alias)
-
-
-def version_loader(client: MlflowClient, model: str, scratch: str) -> Load:
-    """Load `models:/<model>/<version>` into a directory of its own under `scratch`.
-
-    The version is loaded by number, not through the alias, so the model served is exactly the
-    version that was resolved even if the alias moves again while it loads.
-    """
-
-    def load(version: str) -> Served:
-        import mlflow.pyfunc
-
-        started = time.monotonic()
-        path = tempfile.mkdtemp(prefix=f"v{version}-", dir=scratch)
-        try:
-            run_id = get_version(client, model, version).run_id
-            local = str(download_version(client, model, version, path))
-            pyfunc = mlflow.pyfunc.load_model(local)
-            warm_up(pyfunc, local)
-        except BaseException:
-            shutil.rmtree(path, ignore_errors=True)
-            raise
-        return Served(version=version, model=pyfunc, loaded_at=time.time(),
-                      load_seconds=time.monotonic() - started, run_id=run_id or None,
-                      input_schema=pyfunc.metadata.get_input_schema(), path=path,
-                      model_dir=local)
-
-    return load
-
-
-def warm_up(pyfunc: Any, local_path: str) -> None:
-    """Score the model's own input example, when it was logged with one.
-
-    A version that cannot score its own example is not fit to replace a working one, and the
-    first real request should not pay for lazy initialisation.
-    """
-    example = pyfunc.metadata.load_input_example(local_path)
-    if example is not None:
-        pyfunc.predict(example)
-
-
-def scratch_dir() -> str:
-    """A private directory for downloaded artifacts (removed by the caller on shutdown)."""
-    return tempfile.mkdtemp(prefix=f"promote-serve-{os.getpid()}-")

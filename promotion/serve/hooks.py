@@ -3,10 +3,11 @@
 MLflow (3.3+) can POST every registry event to a URL: `{"entity", "action", "timestamp",
 "data"}`, signed with the webhook's secret (`promotion.engine.signing`: X-MLflow-Delivery-Id,
 X-MLflow-Timestamp, X-MLflow-Signature). An alias event (entity `model_version_alias`, action
-`created` or `deleted`, data `{"name", "alias", "version"}`) about the served model and an alias
-this endpoint follows (its alias, the canary alias of the rollout in force, or the default canary
-alias, whose creation starts a rollout) wakes the follower: it reads the registry now instead of
-at the end of its poll interval. Anything else signed and well-formed is acknowledged and ignored.
+`created` or `deleted`, data `{"name", "alias", "version"}`) about a served model and an
+alias this endpoint follows for it (its alias, the canary alias of the rollout in force, or the
+default canary alias, whose creation starts a rollout) wakes that model's follower: it reads the
+registry now instead of at the end of its poll interval. Anything else signed and well-formed is
+acknowledged and ignored.
 
 Deliveries are fire-and-forget: MLflow sends each one from a thread of the server process that
 handled the change, and never again once that process is gone. So a delivery only brings the
@@ -15,7 +16,9 @@ most one poll interval.
 
 The handler never calls the registry and never waits for the follower: it checks the size, the
 signature (constant time), the freshness and the delivery id (never accepted twice), parses the
-JSON and, for a followed alias, sets the follower's wake event. No scoring request waits for it.
+JSON and, for a followed alias, sets the wake event of that model's follower (an endpoint
+serving several models has one per model; a pinned version follows no alias). No scoring
+request waits for it.
 
 The secret comes from PROMOTE_WEBHOOK_SECRET, read once when the endpoint starts
 (`secret_from_env`); it is never logged, reported or put in an answer. Without one, every
@@ -103,10 +106,14 @@ class _Refused(Exception):
 class Webhooks:
     """The POST /hooks/mlflow handler of one app, and its deliveries counted by outcome."""
 
-    def __init__(self, follower: AliasFollower, secret: str | None, *,
-                 max_body_bytes: int = MAX_HOOK_BYTES, tolerance: float = TOLERANCE_SECONDS,
+    def __init__(self, followers: AliasFollower | Mapping[str, AliasFollower],
+                 secret: str | None, *, max_body_bytes: int = MAX_HOOK_BYTES,
+                 tolerance: float = TOLERANCE_SECONDS,
                  clock: Callable[[], float] = time.time) -> None:
-        self.follower = follower
+        every = {followers.model: followers} if isinstance(followers, AliasFollower) \
+            else dict(followers)
+        # A pinned version follows no alias: its deliveries are ignored like another model's.
+        self.followers = {name: f for name, f in every.items() if not f.pinned}
         self.enabled = secret is not None
         self.max_body_bytes = max_body_bytes
         self.tolerance = tolerance
@@ -126,9 +133,10 @@ class Webhooks:
         with self._lock:
             return dict(self._counts)
 
-    def followed(self, state: FollowerState) -> set[str]:
+    @staticmethod
+    def followed(follower: AliasFollower, state: FollowerState) -> set[str]:
         """The aliases whose events make the follower look now."""
-        aliases = {self.follower.alias, canary_alias(self.follower.alias)}
+        aliases = {follower.alias, canary_alias(follower.alias)}
         if state.canary is not None:
             aliases.add(state.canary.route.alias)
         return aliases
@@ -194,21 +202,22 @@ class Webhooks:
 
     def _dispatch(self, delivery: Delivery, delivery_id: str, now: float) -> tuple[str, Response]:
         data = delivery.data
-        alias = data.get("alias")
-        if data.get("name") != self.follower.model or delivery.entity != ALIAS_ENTITY \
-                or not isinstance(alias, str) or alias not in self.followed(self.follower.state):
+        alias, name = data.get("alias"), data.get("name")
+        follower = self.followers.get(name) if isinstance(name, str) else None
+        if follower is None or delivery.entity != ALIAS_ENTITY or not isinstance(alias, str) \
+                or alias not in self.followed(follower, follower.state):
             log.debug("webhook %s.%s (delivery %r): nothing this endpoint follows",
                       delivery.entity, delivery.action, delivery_id)
             return "ignored", Response(status_code=204)
         version = data.get("version")
         event = FollowEvent(now, delivery_id, alias, delivery.action,
                             str(version) if isinstance(version, str | int) else None)
-        self.follower.nudge("webhook", event)
+        follower.nudge("webhook", event)
         log.info("webhook: %s@%s %s%s (delivery %r); checking the registry now",
-                 self.follower.model, alias, delivery.action,
+                 follower.model, alias, delivery.action,
                  f" -> version {event.version}" if event.version else "", delivery_id)
         return "accepted", json_response({"accepted": True, "delivery_id": delivery_id,
-                                          "checking": f"{self.follower.model}@{alias}"}, 202)
+                                          "checking": f"{follower.model}@{alias}"}, 202)
 
     def _log_refusal(self, reason: str, message: str) -> None:
         """One line per reason and minute at most: a sender that keeps failing (or a flood of

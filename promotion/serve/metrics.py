@@ -4,20 +4,28 @@ moves (webhook deliveries by outcome, swaps by trigger, the last event and check
 (version and mode, share in force, benched, fallbacks, shadow copies, shadow queue depth) and the
 inference log's (records written, dropped by reason, queue depth, healthy), read at scrape time.
 
+An endpoint that serves several models keeps one `Metrics` per model (its own registry, as with
+one model) and renders them as one exposition (`merged_collector`): each family once, every
+model's series in it with a `model` label. The memory budget's series (`memory_collector`: loads,
+evictions, footprints, the budget) are the endpoint's, whatever the number of models.
+
 prometheus_client is imported inside the functions: only a running endpoint needs it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from promotion.monitoring.logstore import LogWriter
+from promotion.serve.budget import MemoryBudget
 from promotion.serve.canary import Canary
+from promotion.serve.documents import registry_view
 from promotion.serve.follower import AliasFollower
 
 if TYPE_CHECKING:
-    from prometheus_client.registry import Collector
+    from prometheus_client.registry import Collector, CollectorRegistry
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -126,12 +134,19 @@ def _events_collector(follower: AliasFollower,
                 swaps.add_metric([*key, trigger], count)
             yield swaps
             event = state.last_event
+            view = registry_view(state, follower.poll_interval, time.time())
             for name, doc, value in (
                 ("promote_serve_last_event_timestamp_seconds", "When the last registry event "
                  "that asked for a check arrived (Unix time; 0: none yet).",
                  event.at if event else 0.0),
                 ("promote_serve_last_poll_timestamp_seconds", "When the registry was last read "
                  "successfully (Unix time; 0: not yet).", state.checked_at or 0.0),
+                ("promote_serve_registry_reachable", "1 while the registry can be read for this "
+                 "model; 0 when the last check failed or has hung for 3 poll intervals.",
+                 float(view.reachable)),
+                ("promote_serve_served_from_cache", "1 when the served version was loaded from "
+                 "the local cache (the registry could not be read).",
+                 float(view.served_from == "cache")),
             ):
                 gauge = GaugeMetricFamily(name, doc, labels=labels)
                 gauge.add_metric(key, value)
@@ -187,6 +202,25 @@ def _canary_collector(follower: AliasFollower, canary: Canary) -> Collector:
     return CanaryCollector()
 
 
+def deliveries_collector(deliveries: Callable[[], Mapping[str, int]]) -> Collector:
+    """Webhook deliveries by outcome, for an endpoint of several models (one receiver)."""
+    from prometheus_client.core import CounterMetricFamily
+
+    class DeliveriesCollector:
+        def collect(self) -> Iterable[Any]:
+            received = CounterMetricFamily("promote_serve_webhook_deliveries", "Deliveries to "
+                                           "POST /hooks/mlflow, by outcome.", labels=["outcome"])
+            for outcome, count in deliveries().items():
+                received.add_metric([outcome], count)
+            yield received
+
+    return DeliveriesCollector()
+
+
+def log_collector(writer: LogWriter) -> Collector:
+    return _log_collector(writer)
+
+
 def _log_collector(writer: LogWriter) -> Collector:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -219,3 +253,68 @@ def _log_collector(writer: LogWriter) -> Collector:
 def _number(version: str | None) -> float:
     return float(version) if version and version.isdigit() else 0.0
 
+
+
+def memory_collector(budget: MemoryBudget,
+                     models: Callable[[], Sequence[tuple[str, int, bool]]]) -> Collector:
+    """Loads, evictions, footprints and the budget. `models()`: (name, footprint, resident)."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    class MemoryCollector:
+        def collect(self) -> Iterable[Any]:
+            counts = budget.counts()
+            held = models()
+            loads = CounterMetricFamily("promote_serve_model_loads", "Versions loaded into "
+                                        "memory, by model.", labels=["model"])
+            evictions = CounterMetricFamily("promote_serve_model_evictions", "Times a lazy "
+                                            "model was unloaded to keep within the memory "
+                                            "budget.", labels=["model"])
+            footprint = GaugeMetricFamily("promote_serve_model_footprint_bytes", "Estimated "
+                                          "memory held by the model: its model directory's size "
+                                          "on disk (0: not loaded).", labels=["model"])
+            resident = GaugeMetricFamily("promote_serve_model_resident", "1 while a version of "
+                                         "the model is in memory.", labels=["model"])
+            for name, size, loaded in held:
+                loaded_count, evicted = counts.get(name, (0, 0))
+                loads.add_metric([name], loaded_count)
+                evictions.add_metric([name], evicted)
+                footprint.add_metric([name], size)
+                resident.add_metric([name], float(loaded))
+            limit = GaugeMetricFamily("promote_serve_memory_budget_bytes", "The memory budget "
+                                      "(0: none).")
+            limit.add_metric([], budget.limit or 0)
+            yield from (loads, evictions, footprint, resident, limit)
+
+    return MemoryCollector()
+
+
+def merged_collector(parts: Sequence[tuple[str, CollectorRegistry]],
+                     extra: Sequence[Collector] = ()) -> Collector:
+    """Every model's registry as one exposition: each family once, each series of a model's
+    registry labelled `model` (if it is not already); then the `extra` collectors' families
+    (the endpoint's own), as they are."""
+    from prometheus_client.metrics_core import Metric
+
+    class MergedCollector:
+        def collect(self) -> Iterable[Any]:
+            families: dict[str, Metric] = {}
+
+            def merge(family: Metric, model: str | None) -> None:
+                merged = families.get(family.name)
+                if merged is None:
+                    merged = families[family.name] = Metric(family.name, family.documentation,
+                                                            family.type, family.unit)
+                for sample in family.samples:
+                    labels = sample.labels if model is None or "model" in sample.labels \
+                        else {"model": model, **sample.labels}
+                    merged.samples.append(sample._replace(labels=labels))
+
+            for model, registry in parts:
+                for family in registry.collect():
+                    merge(family, model)
+            for collector in extra:
+                for family in collector.collect():
+                    merge(family, None)
+            yield from families.values()
+
+    return MergedCollector()

@@ -44,6 +44,7 @@ logger = logging.getLogger("promotion.serving")
 VERSION_HEADER = "X-Model-Version"
 REQUEST_ID_HEADER = "X-Request-Id"
 ROUTING_KEY_HEADER = "X-Routing-Key"
+RETRY_AFTER = 1  # seconds, on a 503 while a lazy model loads
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ class Invocations:
         self.request_timeout = request_timeout
         self.scoring = scoring
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request, loading: str | None = None) -> Response:
+        """Answer one request. `loading` says why nothing is served yet when a lazy model's
+        load is still on its way: the 503 then carries Retry-After."""
         incoming = Incoming.of(request, self.log.draw())
         # Taken once: the whole request runs on this state even if a swap happens meanwhile.
         state = self.follower.state
@@ -87,11 +90,14 @@ class Invocations:
         version = served.version if served is not None else "none"
         try:
             if served is None:
-                raise RequestError(503, "not_ready", "no model version is loaded yet; "
-                                   "see GET /version")
+                raise RequestError(503, "not_ready", loading or "no model version is loaded "
+                                   "yet; see GET /version")
             body = await read_body(request, self.max_body_bytes)
         except Exception as exc:
-            return self._answer(incoming, served, self._failed(exc, version), Scoring(), held)
+            answer = self._answer(incoming, served, self._failed(exc, version), Scoring(), held)
+            if served is None and loading is not None:
+                answer.headers["Retry-After"] = str(RETRY_AFTER)
+            return answer
         budget = self.request_timeout
         first = self.canary.answering(held, incoming.key)
         if first is not None:

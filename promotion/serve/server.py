@@ -1,16 +1,23 @@
-"""Run `promote serve`: take the address, check the alias, then serve until stopped.
+"""Run `promote serve`: take the address, check every model, then serve until stopped.
 
-Start-up fails fast with the documented exit codes: the listening address is taken first (a port
-in use is invalid input, exit 2), then the alias (and the canary of a rollout in force) is read
-once (unknown model or alias: exit 2; registry unreachable: exit 3). From then on the endpoint
-never exits because of the registry: a version that cannot be loaded, or a registry that stops
-answering, is reported on /version and in the log while the last good version keeps serving.
-SIGTERM / Ctrl-C stop it gracefully (requests in flight finish), exit 0.
+Start-up fails fast with the documented exit codes: the model specs are read first (an invalid
+one is exit 2), then the listening address is taken (a port in use is invalid input, exit 2),
+then every model is read once (unknown model, version or alias: exit 2; registry unreachable:
+the model starts from the local cache, or exit 3 when the cache holds nothing of it;
+promotion.serve.startup). From then on the endpoint never exits because of the registry: a
+version that cannot be loaded, or a registry that stops answering, is reported on /health,
+/version and in the log while the last good version keeps serving. SIGTERM / Ctrl-C stop it
+gracefully (requests in flight finish), exit 0.
 
 The inference log (`--log-uri`, promotion.monitoring.logstore) is checked the same way, but only
 its URI can stop the start: a scheme that is neither SQLite nor PostgreSQL is exit 2 before
 anything else; a database that cannot be reached is a warning, and the endpoint serves anyway
 while the log's writer keeps trying (what it cannot write is counted on /metrics and /health).
+
+Registry checks (each poll, and the start-up read) are single requests bounded by
+`--registry-timeout`, whatever MLflow's process-wide HTTP settings (promotion.registry.bounded):
+a registry that drops packets is reported within seconds, not minutes. Downloads keep MLflow's
+settings (Promote's bounded defaults, or the user's).
 
 `promote serve --help` imports this module (for the defaults): uvicorn is imported by `serve`.
 """
@@ -25,25 +32,30 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 from promotion.errors import ExitCode, InvalidInput, LogUnavailable, RedactingFormatter
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LogStore, LogWriter
 from promotion.policy.model import DEFAULT_ALIAS
 from promotion.registry.client import connect
-from promotion.registry.rollouts import read_route
 from promotion.serve.app import (
     DEFAULT_MAX_BODY_BYTES,
     DEFAULT_MAX_ROWS,
     DEFAULT_REQUEST_TIMEOUT,
     DEFAULT_SAMPLE_RATE,
     DEFAULT_SCORING_THREADS,
-    create_app,
+    fleet_app,
 )
-from promotion.serve.follower import AliasFollower, alias_resolver, scratch_dir, version_loader
+from promotion.serve.budget import MemoryBudget
+from promotion.serve.cache import ServeCache, default_cache_dir
+from promotion.serve.fleet import build_fleet
 from promotion.serve.hooks import HOOK_PATH, SECRET_ENV, secret_from_env
+from promotion.serve.loading import scratch_dir
 from promotion.serve.shadow import DEFAULT_SHADOW_QUEUE
+from promotion.serve.specs import ModelSpec, format_size, parse_specs
+from promotion.serve.startup import check_start, follower_for
 
 log = logging.getLogger("promotion.serving")
 
@@ -59,10 +71,13 @@ WEBHOOK_POLL_INTERVAL = 60.0
 DEFAULT_LOG_QUEUE = 10_000
 
 
+DEFAULT_REGISTRY_TIMEOUT = 10.0  # seconds a registry check may wait for an answer
+
+
 @dataclass(frozen=True)
 class ServeOptions:
-    model: str
-    alias: str = DEFAULT_ALIAS
+    model: str  # the first SPEC (NAME, NAME@ALIAS or NAME/VERSION)
+    alias: str = DEFAULT_ALIAS  # the alias a bare NAME follows
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     poll_interval: float | None = None  # None: DEFAULT_POLL_INTERVAL, or with webhooks on
@@ -81,6 +96,15 @@ class ServeOptions:
     log_queue: int = DEFAULT_LOG_QUEUE
     row_key: str | None = None
     shadow_queue: int = DEFAULT_SHADOW_QUEUE
+    more: tuple[str, ...] = ()  # the other SPECs
+    lazy: tuple[str, ...] = ()  # models loaded on their first request (evictable)
+    memory_budget: int | None = None  # bytes; None: no budget
+    cache_dir: Path | None = field(default_factory=default_cache_dir)  # None: no local cache
+    registry_timeout: float = DEFAULT_REGISTRY_TIMEOUT
+
+    def specs(self) -> tuple[ModelSpec, ...]:
+        """Every model to serve (InvalidInput naming a bad SPEC)."""
+        return parse_specs((self.model, *self.more), self.alias, self.lazy)
 
 
 @dataclass(frozen=True)
@@ -125,6 +149,7 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
     """Log through the redacting formatter and run the endpoint until it is stopped."""
     import uvicorn
 
+    specs = options.specs()
     _configure_logging()
     secret = secret_from_env()  # read once; never logged
     poll_interval = poll_interval_for(options, secret is not None)
@@ -133,26 +158,23 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
     scratch = scratch_dir()
     try:
         client = connect(tracking_uri)
-        route = read_route(client, options.model, options.alias)
-        log.info("%s@%s points at version %s; loading it", options.model, options.alias,
-                 route.version)
-        if route.canary is not None:
-            canary = route.canary
-            log.info("rollout in force: version %s on @%s (%s mode), step %d of %d, %g%% of "
-                     "requests", canary.version, canary.alias, canary.mode, canary.step + 1,
-                     canary.steps, canary.share * 100)
-        elif route.note:
-            log.warning("%s", route.note)
+        cache = ServeCache(options.cache_dir, str(client.tracking_uri)) \
+            if options.cache_dir is not None else None
+        starts = check_start(client, specs, cache, options.registry_timeout)
         _log_webhooks(secret is not None, poll_interval)
-        follower = AliasFollower(options.model, options.alias, poll_interval,
-                                 resolve=alias_resolver(client, options.model, options.alias),
-                                 load=version_loader(client, options.model, scratch))
-        app = create_app(follower, max_body_bytes=options.max_body_bytes,
-                         request_timeout=options.request_timeout,
-                         scoring_threads=options.scoring_threads,
-                         log=_open_log(store, options), sample_rate=options.log_sample_rate,
-                         max_rows=options.log_max_rows, row_key=options.row_key,
-                         shadow_queue=options.shadow_queue, webhook_secret=secret)
+        budget = MemoryBudget(options.memory_budget, [s.name for s in specs if s.lazy])
+        _log_memory(budget, cache)
+        followers = [follower_for(client, start, poll_interval=poll_interval, scratch=scratch,
+                                  cache=cache, budget=budget,
+                                  registry_timeout=options.registry_timeout)
+                     for start in starts]
+        fleet = build_fleet(followers, budget=budget, log=_open_log(store, options),
+                            sample_rate=options.log_sample_rate, max_rows=options.log_max_rows,
+                            row_key=options.row_key, max_body_bytes=options.max_body_bytes,
+                            request_timeout=options.request_timeout,
+                            scoring_threads=options.scoring_threads,
+                            shadow_queue=options.shadow_queue, webhook_secret=secret)
+        app = fleet_app(fleet)
         config = uvicorn.Config(app, log_level="info", access_log=options.access_log,
                                 timeout_keep_alive=options.keep_alive,
                                 timeout_graceful_shutdown=30, lifespan="on")
@@ -164,13 +186,23 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
             server.run(sockets=[sock])
         if not server.started:
             raise RuntimeError("the HTTP server did not start; see the log above")
-        served = follower.state.served
-        return ServeResult(options.model, options.alias, served.version if served else None)
+        served = followers[0].state.served
+        return ServeResult(specs[0].name, specs[0].label, served.version if served else None)
     finally:
         sock.close()
         shutil.rmtree(scratch, ignore_errors=True)
         if store is not None:
             store.close()
+
+
+def _log_memory(budget: MemoryBudget, cache: ServeCache | None) -> None:
+    log.info("local cache: %s", cache.base if cache is not None else "off")
+    lazy = ", ".join(sorted(budget.evictable)) or "none"
+    if budget.limit is not None:
+        log.info("memory budget: %s (lazy models, evicted least recently used first: %s)",
+                 format_size(budget.limit), lazy)
+    elif budget.evictable:
+        log.info("lazy models (loaded on their first request): %s; no memory budget", lazy)
 
 
 def _log_webhooks(on: bool, poll_interval: float) -> None:

@@ -43,25 +43,26 @@ PRIVACY_DEFAULTS = {
 }
 
 # A tracking server that proxies an S3 artifact store (`--artifacts-destination s3://...`) tells
-# MLflow 3.17 clients to download every file through a presigned URL, straight from the bucket: an
-# endpoint that can reach the tracking server but not the bucket (the point of proxying) would
-# never load a version. Promote keeps downloads on the server; a user whose every client reaches
-# the bucket can set it to true to spare the server that traffic.
-DOWNLOAD_DEFAULTS = {
+# MLflow 3.17 clients to download every file, and upload files of 500 MB or more, through presigned
+# URLs, straight from the bucket: an endpoint or a CI job that can reach the tracking server but
+# not the bucket (the point of proxying) would never load a version. Promote keeps transfers on
+# the server; where every client reaches the bucket, set these to true to spare the server.
+PROXY_DEFAULTS = {
     "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false",
 }
 
 
 def apply_retry_defaults() -> None:
-    """MLflow's HTTP, privacy and download settings for this process: the ONE place Promote changes
-    process-wide state.
+    """MLflow's HTTP, privacy and transfer settings for this process: the ONE place Promote
+    changes process-wide state.
 
     MLflow reads its retry, timeout, telemetry and printing settings from environment variables at
     request time and offers no per-client setting, so they are set here, once, as defaults (a
     value the user set always wins). Called by `connect` and, before MLflow is first imported, by
     the commands that log through MLflow's fluent API.
     """
-    for name, value in {**RETRY_DEFAULTS, **PRIVACY_DEFAULTS, **DOWNLOAD_DEFAULTS}.items():
+    for name, value in {**RETRY_DEFAULTS, **PRIVACY_DEFAULTS, **PROXY_DEFAULTS}.items():
         os.environ.setdefault(name, value)
 
 

@@ -18,8 +18,19 @@ export MLFLOW_BACKEND_STORE_URI
 set -- server \
   --host "${MLFLOW_HOST:-0.0.0.0}" \
   --port "${MLFLOW_PORT:-5001}" \
-  --workers "${MLFLOW_WORKERS:-4}" \
-  --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:-/mlartifacts}"
+  --workers "${MLFLOW_WORKERS:-4}"
+
+# Artifacts. Proxied (the default): clients upload and download through the server, which alone
+# reaches MLFLOW_ARTIFACTS_DESTINATION (a directory or an s3:// URI) and alone holds the storage
+# credentials. Direct, when MLFLOW_DEFAULT_ARTIFACT_ROOT is set (an s3:// URI): the server only
+# records where artifacts are; clients read and write the bucket themselves, with credentials of
+# their own. Either way it applies to experiments created from then on.
+if [ -n "${MLFLOW_DEFAULT_ARTIFACT_ROOT:-}" ]; then
+  set -- "$@" --default-artifact-root "$MLFLOW_DEFAULT_ARTIFACT_ROOT" --no-serve-artifacts
+else
+  unset MLFLOW_DEFAULT_ARTIFACT_ROOT
+  set -- "$@" --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:-/mlartifacts}"
+fi
 
 # Who may reach the server by which name (MLflow's default: localhost and private addresses).
 if [ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]; then

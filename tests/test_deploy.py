@@ -3,8 +3,8 @@
 - The server command line (deploy/mlflow-server.sh, the compose service's command) is started
   here, as it is, against a fresh database on the PostgreSQL at 127.0.0.1:5432, and the whole
   train -> gate -> load flow runs against it, with and without basic auth.
-- The compose file is validated by a real compose implementation (`docker compose` or Debian's
-  `docker-compose`), and brought up with testcontainers where images can be pulled.
+- The compose files are validated by a real compose implementation (`docker compose` or Debian's
+  `docker-compose`); tests/test_compose_up.py brings the stack up.
 - The image is built from deploy/Dockerfile and run where a Docker engine is reachable.
 Each test that cannot run on this machine is skipped and says why.
 """
@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
@@ -121,6 +121,17 @@ def test_the_command_line_keeps_secrets_out_of_argv(fake_mlflow, tmp_path):
     assert "MLFLOW_BACKEND_STORE_URI=postgresql://mlflow:db-s3cret@pg/mlflow" in environ
 
 
+def test_direct_artifact_access_replaces_the_proxy(fake_mlflow, tmp_path):
+    env = {**fake_mlflow, "MLFLOW_BACKEND_STORE_URI": "postgresql://u:p@pg/mlflow",
+           "MLFLOW_ARTIFACTS_DESTINATION": "s3://bucket/proxied",
+           "MLFLOW_DEFAULT_ARTIFACT_ROOT": "s3://bucket/direct"}
+    proc = run_script(env)
+    assert proc.returncode == 0, proc.stderr
+    argv = (tmp_path / "record").read_text().partition("--- env\n")[0].split("\n")
+    assert argv[argv.index("--default-artifact-root") + 1] == "s3://bucket/direct"
+    assert "--no-serve-artifacts" in argv and "--artifacts-destination" not in argv
+
+
 def test_basic_auth_gets_a_private_config_and_no_password_in_it(fake_mlflow, tmp_path):
     env = {**fake_mlflow, "MLFLOW_BACKEND_STORE_URI": "postgresql://u:p@pg/mlflow",
            "MLFLOW_AUTH": "basic", "MLFLOW_FLASK_SERVER_SECRET_KEY": "k" * 32,
@@ -156,10 +167,21 @@ def test_the_command_line_refuses_incomplete_settings(fake_mlflow, tmp_path, set
 # -- the files agree with each other ------------------------------------------------------------
 
 
+COMPOSE_FILES = ("services.yaml", "compose.yaml", "compose.local.yaml")
+
+
 def compose_variables() -> set[str]:
-    lines = (DEPLOY / "compose.yaml").read_text().splitlines()
-    code = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
-    return set(re.findall(r"\$\{(\w+)", code))
+    found: set[str] = set()
+    for name in COMPOSE_FILES:
+        lines = (DEPLOY / name).read_text().splitlines()
+        code = "\n".join(line for line in lines if not line.lstrip().startswith("#"))
+        found |= set(re.findall(r"\$\{(\w+)", code))
+    return found
+
+
+def services() -> dict:
+    """deploy/services.yaml as written (the compose files extend its services)."""
+    return yaml.safe_load((DEPLOY / "services.yaml").read_text())["services"]
 
 
 def example_settings() -> dict[str, str]:
@@ -186,15 +208,19 @@ def test_every_pin_is_the_mlflow_version_promote_is_tested_with():
     settings = example_settings()
     assert settings["MLFLOW_VERSION"] == MLFLOW_VERSION
     assert settings["MLFLOW_IMAGE"].endswith(f":{MLFLOW_VERSION}")
-    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    assert compose["services"]["mlflow"]["build"]["args"]["MLFLOW_VERSION"] == \
-        f"${{MLFLOW_VERSION:-{MLFLOW_VERSION}}}"
+    for service in ("mlflow", "s3-bucket"):  # both use the server's image
+        assert services()[service]["build"]["args"]["MLFLOW_VERSION"] == \
+            f"${{MLFLOW_VERSION:-{MLFLOW_VERSION}}}"
     assert "psycopg[binary]" in dockerfile and "mlflow[auth]" in dockerfile
 
 
 def test_the_compose_service_runs_the_command_line_the_tests_run():
-    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
-    assert compose["services"]["mlflow"]["command"] == ["mlflow-server"]
+    assert services()["mlflow"]["command"] == ["mlflow-server"]
+    for name in ("compose.yaml", "compose.local.yaml"):  # both run exactly those services
+        compose = yaml.safe_load((DEPLOY / name).read_text())
+        for service, settings in compose["services"].items():
+            assert settings["extends"] == {"file": "services.yaml", "service": service}
+            assert "command" not in settings or service in ("postgres", "minio"), name
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert "COPY mlflow-server.sh /usr/local/bin/mlflow-server" in dockerfile
 
@@ -238,8 +264,9 @@ def env_file(tmp_path: Path, **overrides: str) -> Path:
     return path
 
 
-def compose_config(compose: list[str], env: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*compose, "--env-file", str(env), "-f", str(DEPLOY / "compose.yaml"),
+def compose_config(compose: list[str], env: Path, *extra: str,
+                   file: str = "compose.yaml") -> subprocess.CompletedProcess:
+    return subprocess.run([*compose, "--env-file", str(env), "-f", str(DEPLOY / file),
                            *extra, "config"], capture_output=True, text=True, timeout=60)
 
 
@@ -248,19 +275,22 @@ def test_the_compose_file_is_valid_and_complete(compose, tmp_path):
     proc = compose_config(compose, env)
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
-    services = config["services"]
+    stack = config["services"]
     # MinIO only with its profile (compose v1 lists profiled services too, v2 leaves them out).
-    always = {name for name, service in services.items() if not service.get("profiles")}
+    always = {name for name, service in stack.items() if not service.get("profiles")}
     assert always == {"postgres", "mlflow"}
-    mlflow, postgres = services["mlflow"], services["postgres"]
+    mlflow, postgres = stack["mlflow"], stack["postgres"]
     assert mlflow["command"] == ["mlflow-server"]
     assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "healthcheck" in mlflow and "healthcheck" in postgres
     assert any(str(p.get("target") if isinstance(p, dict) else p).endswith("5001")
                for p in mlflow["ports"])
+    assert mlflow["environment"]["MLFLOW_PORT"] == "5001"
     store = mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
     assert store.startswith("postgresql://mlflow:") and store.endswith("@postgres:5432/mlflow")
+    assert postgres["environment"]["PGPORT"] == "5432"
     assert mlflow["environment"]["MLFLOW_ARTIFACTS_DESTINATION"] == "/mlartifacts"
+    assert mlflow["environment"]["MLFLOW_DEFAULT_ARTIFACT_ROOT"] == ""  # proxied
     # Webhooks: one encryption key for every worker; endpoints on the private network allowed.
     assert len(mlflow["environment"]["MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY"]) == 44
     assert mlflow["environment"]["MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS"] == "true"
@@ -268,16 +298,66 @@ def test_the_compose_file_is_valid_and_complete(compose, tmp_path):
     assert any("/mlartifacts" in str(v) for v in mlflow["volumes"])
     assert any("/var/lib/postgresql/data" in str(v) for v in postgres["volumes"])
     assert {"postgres-data", "mlflow-artifacts"} <= set(config["volumes"])
+    assert not any("network_mode" in service for service in stack.values())
 
     with_s3 = compose_config(compose, env, "--profile", "s3")
     assert with_s3.returncode == 0, with_s3.stderr
     s3_services = yaml.safe_load(with_s3.stdout)["services"]
-    assert set(s3_services) == {"postgres", "mlflow", "minio", "minio-bucket"}
-    assert all(s3_services[name]["profiles"] == ["s3"] for name in ("minio", "minio-bucket"))
+    assert set(s3_services) == {"postgres", "mlflow", "minio", "s3-bucket"}
+    assert all(s3_services[name]["profiles"] == ["s3"] for name in ("minio", "s3-bucket"))
+    assert s3_services["s3-bucket"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert s3_services["s3-bucket"]["command"] == ["python3", "/opt/promote/s3-bucket.py"]
 
 
-def test_the_compose_file_refuses_to_run_without_a_database_password(compose):
-    proc = compose_config(compose, DEPLOY / ".env.example")
+def test_the_local_compose_file_puts_the_same_stack_on_the_host_network(compose, tmp_path):
+    env = env_file(tmp_path, POSTGRES_PORT="55432", MLFLOW_PUBLISH="55001",
+                   MLFLOW_PUBLISH_ADDRESS="127.0.0.1", MINIO_PORT="59000",
+                   MINIO_CONSOLE_PORT="59001")
+    proc = compose_config(compose, env, "--profile", "s3", file="compose.local.yaml")
+    assert proc.returncode == 0, proc.stderr
+    stack = yaml.safe_load(proc.stdout)["services"]
+    assert set(stack) == {"postgres", "mlflow", "minio", "s3-bucket"}
+    for name, service in stack.items():
+        assert service["network_mode"] == "host", name
+        assert not service.get("ports"), name  # the engine refuses published ports on it
+    mlflow, postgres, minio = stack["mlflow"], stack["postgres"], stack["minio"]
+    # Each listens on its own port, PostgreSQL and MinIO on loopback only...
+    assert postgres["environment"]["PGPORT"] == "55432"
+    assert postgres["command"] == ["postgres", "-c", "listen_addresses=127.0.0.1"]
+    assert minio["command"][minio["command"].index("--address") + 1] == "127.0.0.1:59000"
+    assert mlflow["environment"]["MLFLOW_HOST"] == "127.0.0.1"
+    assert mlflow["environment"]["MLFLOW_PORT"] == "55001"
+    # ...and the others find it there, by the same names as on compose.yaml's network.
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:55432/mlflow")
+    assert extra_hosts(mlflow) == {"postgres": "127.0.0.1", "minio": "127.0.0.1"}
+    assert extra_hosts(stack["s3-bucket"]) == {"minio": "127.0.0.1"}
+    for service in (mlflow, stack["s3-bucket"]):
+        assert service["build"]["network"] == "host"  # builds need the host's network too
+    assert mlflow["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert stack["s3-bucket"]["depends_on"]["minio"]["condition"] == "service_started"
+    # Everything else is what compose.yaml runs.
+    bridged = yaml.safe_load(compose_config(compose, env, "--profile", "s3").stdout)["services"]
+    for name, service in stack.items():
+        for key in ("image", "volumes", "healthcheck", "restart", "profiles"):
+            assert service.get(key) == bridged[name].get(key) or (name, key) == (
+                "minio", "healthcheck"), (name, key)
+        same = {k: v for k, v in service.get("environment", {}).items()
+                if k not in ("MLFLOW_HOST", "MLFLOW_PORT", "MLFLOW_BACKEND_STORE_URI",
+                             "MLFLOW_AUTH_DATABASE_URI")}
+        assert same.items() <= bridged[name].get("environment", {}).items(), name
+
+
+def extra_hosts(service: dict) -> dict[str, str]:
+    """A service's extra_hosts as {name: address} (v1 prints a mapping, v2 a list)."""
+    entries = service.get("extra_hosts", {})
+    if isinstance(entries, dict):
+        return {str(k): str(v) for k, v in entries.items()}
+    return dict(re.split(r"[:=]", entry, maxsplit=1) for entry in entries)
+
+
+@pytest.mark.parametrize("file", ["compose.yaml", "compose.local.yaml"])
+def test_the_compose_file_refuses_to_run_without_a_database_password(compose, file):
+    proc = compose_config(compose, DEPLOY / ".env.example", file=file)
     assert proc.returncode != 0
     assert "set POSTGRES_PASSWORD in deploy/.env" in proc.stderr
 
@@ -343,58 +423,79 @@ def auth_database(database: str) -> Iterator[str]:
 class Node:
     url: str
     log: Path
-    credentials: dict[str, str]  # MLFLOW_TRACKING_* for clients; empty without auth
+    credentials: dict[str, str]  # secrets clients need (MLFLOW_TRACKING_*, ...); never printed
+    client_env: dict[str, str] = field(default_factory=dict)  # other settings clients need
+
+
+def launch_node(settings: dict[str, str], workdir: Path) -> tuple[subprocess.Popen, str, Path]:
+    """Start deploy/mlflow-server.sh, exactly as the compose service runs it, on 127.0.0.1.
+
+    `settings` are its variables (MLFLOW_BACKEND_STORE_URI at least); none is inherited from the
+    test's own environment but PATH and the like. Returns (process, URL, log) without waiting:
+    `wait_node` waits, `stop_node` stops (servers can start side by side)."""
+    port = free_port()
+    env = {name: value for name, value in os.environ.items()
+           if not name.startswith(("MLFLOW_", "AWS_"))}
+    env.update({"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_HOST": "127.0.0.1",
+                "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "2", **settings})
+    log = workdir / f"server-{port}.log"
+    with open(log, "wb") as out:
+        # Its own session: `mlflow server` starts workers and a job consumer; stop the group.
+        proc = subprocess.Popen(["sh", str(SCRIPT)], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def wait_node(proc: subprocess.Popen, url: str, log: Path) -> None:
+    wait_healthy(url, 180, alive=lambda: proc.poll() is None, log=log)
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
 
 
 @pytest.fixture(params=["open", "basic-auth"])
 def central_node(request, tmp_path: Path, database: str) -> Iterator[Node]:
     """deploy/mlflow-server.sh, exactly as the compose service runs it, on a fresh database."""
-    port = free_port()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "2",
-           "MLFLOW_BACKEND_STORE_URI": database,
-           "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts")}
-    for name in list(env):
-        if name.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH")):
-            del env[name]
+    settings = {"MLFLOW_BACKEND_STORE_URI": database,
+                "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts")}
     credentials: dict[str, str] = {}
     if request.param == "basic-auth":
         pytest.importorskip("flask_wtf", reason="basic auth needs mlflow[auth] (Flask-WTF)")
         password = secrets.token_hex(12)
-        env.update({"MLFLOW_AUTH": "basic", "MLFLOW_AUTH_ADMIN_PASSWORD": password,
-                    "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
-                    "MLFLOW_AUTH_DATABASE_URI": request.getfixturevalue("auth_database")})
+        settings.update({"MLFLOW_AUTH": "basic", "MLFLOW_AUTH_ADMIN_PASSWORD": password,
+                         "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+                         "MLFLOW_AUTH_DATABASE_URI": request.getfixturevalue("auth_database")})
         credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
-    log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        # Its own session: `mlflow server` starts workers and a job consumer; stop the group.
-        proc = subprocess.Popen(["sh", str(SCRIPT)], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            wait_healthy(url, 180, alive=lambda: proc.poll() is None, log=log)
-            yield Node(url, log, credentials)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:
-                pass
+    proc, url, log = launch_node(settings, tmp_path)
+    try:
+        wait_node(proc, url, log)
+        yield Node(url, log, credentials)
+    finally:
+        stop_node(proc)
 
 
 def promote(node: Node, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": node.url, **node.credentials}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": node.url, **node.client_env, **node.credentials}
     for name in ("GITHUB_ACTIONS", "GITHUB_STEP_SUMMARY", "GITHUB_OUTPUT"):
         env.pop(name, None)
     return subprocess.run([str(BIN / "promote"), *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=600)
 
 
-def train_gate_load(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The seed's flow against `node`: train a candidate, gate it into Production, load it."""
+def train_gate_load(node: Node, tmp_path: Path,
+                    monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """The seed's flow against `node`: train a candidate, gate it into Production, load it.
+
+    Returns the model's name and the version now in Production."""
     import mlflow
     from sklearn.datasets import load_diabetes
 
@@ -416,7 +517,7 @@ def train_gate_load(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
     # Load what Production points at, as a serving endpoint would.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", node.url)
-    for key, value in node.credentials.items():
+    for key, value in {**node.client_env, **node.credentials}.items():
         monkeypatch.setenv(key, value)
     mlflow.set_tracking_uri(node.url)
     try:
@@ -428,6 +529,7 @@ def train_gate_load(node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         assert len(predictions) == 5 and all(25 < p < 350 for p in predictions)
     finally:
         mlflow.set_tracking_uri("http://127.0.0.1:9")
+    return name, version
 
 
 @pytest.mark.mlflow
@@ -584,39 +686,3 @@ def _round_trip_an_artifact(url: str) -> None:
     client.log_text(run.info.run_id, text, "note.txt")
     assert client.download_artifacts(run.info.run_id, "note.txt") and \
         Path(client.download_artifacts(run.info.run_id, "note.txt")).read_text() == text
-
-
-# -- the whole stack, brought up by testcontainers' compose support -------------------------
-
-
-@cache
-def compose_up_possible() -> str:
-    """'' when `docker compose up` of the stack can work here, else why not."""
-    command, why = compose_command()
-    if command != ["docker", "compose"]:
-        # Said without trying a pull: no point asking a registry for an image nothing can use.
-        return ("testcontainers' compose support needs `docker compose` (v2), and "
-                + (why or "only Debian's docker-compose (v1) is installed"))
-    return obtainable(example_settings()["POSTGRES_IMAGE"])
-
-
-@pytest.mark.mlflow
-def test_the_compose_stack_comes_up_and_runs_the_flow(tmp_path: Path, monkeypatch):
-    why = compose_up_possible()
-    if why:
-        pytest.skip(why)
-    from testcontainers.compose import DockerCompose
-
-    port = free_port()
-    env = env_file(tmp_path, MLFLOW_PUBLISH=str(port), MLFLOW_WORKERS="2",
-                   COMPOSE_PROJECT_NAME=f"promote-test-{uuid.uuid4().hex[:8]}")
-    with DockerCompose(context=str(DEPLOY), compose_file_name="compose.yaml",
-                       env_file=str(env), build=True, wait=True) as stack:
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_healthy(url, 240)
-            train_gate_load(Node(url, tmp_path / "none.log", {}), tmp_path, monkeypatch)
-        except BaseException:
-            out, err = stack.get_logs()
-            sys.stderr.write((out + err)[-4000:])
-            raise

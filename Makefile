@@ -1,7 +1,8 @@
 # `make demo`: set up and run the main job on the embedded default (a local SQLite store, no server):
 # train, gate, serve, watch a bad promotion get rolled back, then roll candidates out on a slice
 # of live traffic: a bad one aborted at 5%, a good one promoted step by step.
-# `make test`: set up with the test extra and run every test against a real MLflow server.
+# `make install` installs every extra (`.[all]`); `make test` the test extra (all of it and the
+# test tools), and runs every test against a real MLflow server.
 # Both are idempotent: the venv and the installs are redone only when pyproject.toml changes.
 
 VENV ?= .venv
@@ -25,7 +26,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml constraints.txt | $(PY)
-	$(PIP) -e .
+	$(PIP) -e '.[all]'
 	@touch $@
 
 $(VENV)/.installed-test: pyproject.toml constraints.txt | $(PY)

@@ -1,20 +1,13 @@
 """Promote: a GitOps promotion gate for MLflow.
 
-Kept import-light on purpose: `promote --help` and policy validation must not pay for
-`import mlflow` (nor for reading package metadata, which `__version__` does on first access).
+Kept import-light on purpose: `promote --help`, `promote --version` and policy validation must not
+pay for `import mlflow`. The version is written here, and only here: the packaging metadata reads it
+(pyproject.toml, `[tool.setuptools.dynamic]`).
 """
 
 from __future__ import annotations
 
+__version__ = "0.2.0"
+
 DISTRIBUTION = "mlflow-promote"
-
-
-def __getattr__(name: str) -> str:
-    if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            return version(DISTRIBUTION)
-        except PackageNotFoundError:  # a source tree that was never installed
-            return "0+unknown"
-    raise AttributeError(name)
+REPOSITORY = "mlflow-promote/promote"

@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from promotion import DISTRIBUTION
+from promotion import __version__
 from promotion.commands import Context
 from promotion.errors import ExitCode, FatalError, redact
 
@@ -87,7 +87,7 @@ class LazyGroup(click.Group):
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name=DISTRIBUTION, prog_name="promote")
+@click.version_option(__version__, prog_name="promote")
 @click.option(
     "--tracking-uri",
     envvar="MLFLOW_TRACKING_URI",

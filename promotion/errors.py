@@ -7,9 +7,14 @@ calls sys.exit. Outcomes that are not failures (a rejection by policy) are resul
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
+
+from promotion import DISTRIBUTION
 
 
 class ExitCode(IntEnum):
@@ -67,6 +72,55 @@ class IncompleteError(FatalError):
     """An alias moved (or may have), and what should follow it was not all written."""
 
     exit_code = ExitCode.INCOMPLETE
+
+
+class MissingExtra(InvalidInput):
+    """A command (or a policy, or a setting) needs an optional part of Promote that is not
+    installed: exit 2, said before anything was read or moved."""
+
+    def __init__(self, what: str, extra: str, module: str) -> None:
+        super().__init__(f"{what} needs the {extra} extra: pip install '{DISTRIBUTION}[{extra}]' "
+                         f"(the module {module} is not installed)")
+        self.extra, self.module = extra, module
+
+
+# The modules each extra of the distribution brings (pyproject.toml, optional-dependencies), by
+# import name. The base install (mlflow-skinny, pyyaml, click, pydantic) gates on logged metrics.
+_SCIENCE = ("numpy", "pandas", "sklearn", "skops")
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "local": ("sqlalchemy", "alembic"),  # full mlflow: a database tracking store (sqlite:///...)
+    "train": _SCIENCE,
+    "evaluate": (*_SCIENCE, "matplotlib"),
+    "serve": ("prometheus_client", "sqlalchemy", *_SCIENCE),
+    "monitor": ("sqlalchemy", "scipy", "matplotlib", *_SCIENCE),
+    "notify": ("apprise",),
+    "postgres": ("psycopg",),
+}
+EXTRAS["all"] = tuple(dict.fromkeys(m for modules in EXTRAS.values() for m in modules))
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@contextmanager
+def requires_extra(extra: str, what: str) -> Iterator[None]:
+    """Fail with MissingExtra when `extra` is not installed: at once when one of its modules is
+    missing (nothing imported, nothing moved), and when the body's own imports find a third-party
+    module missing. `what` names what needs it ("promote serve", "the policy p.yaml")."""
+    for module in EXTRAS[extra]:
+        if not _installed(module):
+            raise MissingExtra(what, extra, module)
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if not top or top == "promotion":
+            raise
+        raise MissingExtra(what, extra, top) from exc
 
 
 # Userinfo runs to the LAST "@" of the URI (a password may itself hold "@" or "/"): greedy on

@@ -21,7 +21,7 @@ RUN set -eu; \
       || cp /etc/ssl/certs/ca-certificates.crt /tmp/pip-ca.crt; \
     python3 -m venv /opt/promote; \
     PIP_CERT=/tmp/pip-ca.crt /opt/promote/bin/pip install --no-cache-dir \
-      --disable-pip-version-check -c /src/constraints.txt "/src[postgres]"; \
+      --disable-pip-version-check -c /src/constraints.txt "/src[serve,monitor,postgres]"; \
     /opt/promote/bin/promote --version
 
 FROM ${BASE_IMAGE}

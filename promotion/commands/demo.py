@@ -6,6 +6,7 @@ import click
 
 from promotion.commands import tracking_uri
 from promotion.demo import DEFAULT_CANDIDATES, DEFAULT_POLICIES, DEFAULT_TRACKING_URI, run_demo
+from promotion.errors import requires_extra
 from promotion.monitoring.logschema import DEFAULT_LOG_URI, LOG_URI_ENV
 from promotion.registry.client import connect
 from promotion.report.demo import demo_json
@@ -40,11 +41,12 @@ def command(candidates: str, policies: str, model_name: str | None, rows: int, d
     (sqlite:///mlflow.db in the current directory, artifacts in ./mlruns; no server).
     Exits 0 when the job ran, whatever each gate decided.
     """
-    result = run_demo(connect(tracking_uri() or DEFAULT_TRACKING_URI), candidates=candidates,
-                      policies=policies, model_name=model_name, rows=rows, details=details,
-                      say=(lambda _line: None) if as_json else click.echo,
-                      watch_log=log_uri if watch else None,
-                      rollout_log=log_uri if rollout else None)
+    with requires_extra("all", "promote demo"):
+        result = run_demo(connect(tracking_uri() or DEFAULT_TRACKING_URI), candidates=candidates,
+                          policies=policies, model_name=model_name, rows=rows, details=details,
+                          say=(lambda _line: None) if as_json else click.echo,
+                          watch_log=log_uri if watch else None,
+                          rollout_log=log_uri if rollout else None)
     if as_json:
         click.echo(demo_json(result))
     return result

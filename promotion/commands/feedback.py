@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import click
 
+from promotion.commands import extras
 from promotion.engine.naming import version_or_none
-from promotion.errors import InvalidInput
+from promotion.errors import InvalidInput, requires_extra
 from promotion.monitoring.feedbackfile import read_labels
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, LogStore
 
@@ -34,17 +35,19 @@ def command(model: str, path: str, label_column: str, log_uri: str) -> None:
     Exit codes: 0 written, 2 a bad file / unknown request ids / duplicates /
     rows already labelled (nothing written), 3 log database unreachable.
     """
-    if not model.strip():
-        raise InvalidInput("MODEL must not be empty")
-    found = read_labels(path, label_column=label_column)
-    store = LogStore(log_uri)
-    try:
-        store.migrate()  # a log written by an older Promote is brought up to this schema first
-        written = store.add_feedback(found.labels, source=f"file {path}", model=model)
-    except InvalidInput as refused:
-        raise found.located(refused) from None
-    finally:
-        store.close()
-    by_version = ", ".join(f"{version_or_none(v, 'no version')}: {n}"
-                           for v, n in sorted(written.by_version.items()))
-    click.echo(f"wrote {written.written} label(s) for {model} ({by_version}) to {store.where}")
+    with requires_extra("monitor", "promote feedback"):
+        extras.for_log(log_uri)
+        if not model.strip():
+            raise InvalidInput("MODEL must not be empty")
+        found = read_labels(path, label_column=label_column)
+        store = LogStore(log_uri)
+        try:
+            store.migrate()  # a log written by an older Promote is brought up to this schema first
+            written = store.add_feedback(found.labels, source=f"file {path}", model=model)
+        except InvalidInput as refused:
+            raise found.located(refused) from None
+        finally:
+            store.close()
+        by_version = ", ".join(f"{version_or_none(v, 'no version')}: {n}"
+                               for v, n in sorted(written.by_version.items()))
+        click.echo(f"wrote {written.written} label(s) for {model} ({by_version}) to {store.where}")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from promotion.commands import tracking_uri
+from promotion.commands import extras, tracking_uri
 from promotion.gate import GateConflict, GateIncomplete, run_gate
 from promotion.notify import announce
 from promotion.policy.load import load_policy
@@ -43,6 +43,8 @@ def command(policy_path: str, candidate: str | None, dry_run: bool, as_json: boo
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--candidate") from exc
     policy = load_policy(policy_path)
+    extras.for_policy(policy)
+    extras.for_notifications()
     client = connect(tracking_uri())
     try:
         result = run_gate(client, policy, candidate=selector, dry_run=dry_run)

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from promotion.commands import tracking_uri
+from promotion.commands import extras, tracking_uri
 from promotion.gate import RollbackConflict, RollbackIncomplete, run_rollback
 from promotion.notify import announce
 from promotion.policy.model import DEFAULT_ALIAS
@@ -29,6 +29,7 @@ def command(model: str, alias: str, dry_run: bool, as_json: bool) -> object:
 
     Rolling back a rollback flips them again. Exit 2 when there is nothing to roll back to.
     """
+    extras.for_notifications()
     client = connect(tracking_uri())
     try:
         result = run_rollback(client, model, alias, dry_run=dry_run)

@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from promotion.commands import tracking_uri
+from promotion.commands import extras, tracking_uri
 from promotion.commands.repeat import every_seconds, repeat
 from promotion.engine.results import RolloutConflict, RolloutIncomplete
+from promotion.errors import requires_extra
 from promotion.gate.rollout import abort_rollout, rollout_of, run_rollout
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, LogStore
 from promotion.notify import announce
@@ -67,6 +68,9 @@ def command(policy_path: str, once: bool, every: str | None, abort: bool, reason
     if reason is not None and not abort:
         raise click.UsageError("--reason goes with --abort")
     interval = every_seconds(every)
+    with requires_extra("monitor", "promote rollout"):
+        extras.for_log(log_uri)
+        extras.for_notifications()
     policy = load_policy(policy_path)
     rollout_of(policy)
     client = connect(tracking_uri())

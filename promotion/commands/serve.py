@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from promotion.commands import tracking_uri
-from promotion.errors import InvalidInput
+from promotion.commands import extras, tracking_uri
+from promotion.errors import InvalidInput, requires_extra
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, engine_url
 from promotion.policy.model import DEFAULT_ALIAS
 from promotion.serve.cache import default_cache_dir
@@ -131,6 +131,8 @@ def command(specs: tuple[str, ...], alias: str, lazy: tuple[str, ...],
     port in use / bad option, 3 registry unreachable at start-up and no cached
     version, 130 interrupted (Ctrl-C).
     """
+    with requires_extra("serve", "promote serve"):
+        extras.for_log(log_uri)
     if not alias.strip():
         raise InvalidInput("--alias must not be empty")
     parse_specs(specs, alias, lazy)  # one line naming a bad SPEC, before anything else
@@ -145,7 +147,8 @@ def command(specs: tuple[str, ...], alias: str, lazy: tuple[str, ...],
                            log_uri=_log_uri(log_uri), log_sample_rate=log_sample_rate,
                            log_max_rows=log_max_rows, log_queue=log_queue, row_key=row_key,
                            shadow_queue=shadow_queue)
-    return serve(options, tracking_uri())
+    with requires_extra("serve", "promote serve"):
+        return serve(options, tracking_uri())
 
 
 def _log_uri(value: str) -> str | None:

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from promotion.commands import tracking_uri
+from promotion.commands import extras, tracking_uri
 from promotion.commands.repeat import every_seconds, repeat
 from promotion.engine.results import RollbackIncomplete, WatchNotApplied
-from promotion.errors import InvalidInput
+from promotion.errors import InvalidInput, requires_extra
 from promotion.gate.watch import run_watch
 from promotion.monitoring.logstore import DEFAULT_LOG_URI, LOG_URI_ENV, LogStore
 from promotion.notify import announce
@@ -63,6 +63,9 @@ def command(policy_path: str, once: bool, every: str | None, dry_run: bool, as_j
     if once and every:
         raise click.UsageError("--once and --every exclude each other")
     interval = every_seconds(every)
+    with requires_extra("monitor", "promote watch"):
+        extras.for_log(log_uri)
+        extras.for_notifications()
     policy = load_policy(policy_path)
     if policy.watch is None:
         raise InvalidInput(f"{policy_path}: this policy has no 'watch:' block; add one to watch "

@@ -18,13 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from promotion import evaluation as rescoring
 from promotion.engine.facts import VersionFacts
 from promotion.engine.step import Agreed
 from promotion.engine.watch import LiveFacts
 from promotion.errors import InvalidInput
-from promotion.evaluation.bootstrap import Outputs, score
-from promotion.evaluation.data import load_evaluation_set
-from promotion.evaluation.versions import call_predict, load_version
 from promotion.monitoring.drift import DriftAccumulator
 from promotion.monitoring.logstore import LogStore
 from promotion.monitoring.profile import Profile, build_profile
@@ -110,9 +108,10 @@ def _quality(store: LogStore, model: str, version: str, window: Window,
     wanted = [m for m in metrics if m in LIVE_METRICS]
     values: list[tuple[str, float]] = []
     if len(labels) and wanted:
+        outputs = rescoring.Outputs(np.asarray(predictions))
         for name in wanted:
             try:
-                value = score([name], labels, Outputs(np.asarray(predictions)))[name]
+                value = rescoring.score([name], labels, outputs)[name]
             except (ValueError, TypeError):  # labels that do not fit the metric (text for rmse)
                 continue
             if np.isfinite(value):
@@ -179,10 +178,10 @@ def reference_profile(client: MlflowClient, policy: Policy, version: VersionFact
 
 def _profile_from_evaluation(client: MlflowClient, policy: Policy,
                              version: VersionFacts) -> Profile:
-    data = load_evaluation_set(policy)
+    data = rescoring.load_evaluation_set(policy)
     with tempfile.TemporaryDirectory(prefix="promote-watch-") as tmp:
-        loaded = load_version(client, version, Path(tmp) / "version")
-        predictions = call_predict(policy, loaded, data, data.features)
+        loaded = rescoring.load_version(client, version, Path(tmp) / "version")
+        predictions = rescoring.call_predict(policy, loaded, data, data.features)
     try:
         return build_profile(data.features, predictions,
                              source=f"evaluation: {data.source}")

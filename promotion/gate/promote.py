@@ -25,6 +25,7 @@ from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from promotion import evaluation as rescoring
 from promotion import registry
 from promotion.engine import records
 from promotion.engine.decision import decide
@@ -35,7 +36,6 @@ from promotion.engine.records import Entry, Trigger
 from promotion.engine.results import NOTHING, GateConflict, GateIncomplete, GateResult
 from promotion.engine.rollout import plan_canary
 from promotion.errors import NothingMoved, RegistryError
-from promotion.evaluation import evaluate
 from promotion.gate.operation import (
     Operation,
     Session,
@@ -98,7 +98,7 @@ def _decide(client: MlflowClient, policy: Policy, selector: Candidate,
 
     evaluation = None
     if needs_evaluation(policy) and (prod is None or prod.version != cand.version):
-        evaluation = evaluate(client, policy, cand, prod)
+        evaluation = rescoring.evaluate(client, policy, cand, prod)
     pending = dry_run and prod is not None and _pending_for(prod, alias)
     decided_at = records.utc_now()
     decision = decide(policy, cand, prod, evaluation)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from promotion import DISTRIBUTION
+from promotion import __version__
 from promotion.engine.signing import DELIVERY_ID_HEADER, TIMESTAMP_HEADER, sign
 from promotion.report.events import TYPE, Sent
 
@@ -131,12 +131,7 @@ def _failure(reason: Any, timeout: float, clean: Callable[[str], str]) -> str:
 
 
 def _agent() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"promote/{version(DISTRIBUTION)}"
-    except PackageNotFoundError:
-        return "promote"
+    return f"promote/{__version__}"
 
 
 def _opener() -> urllib.request.OpenerDirector:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, TypeVar
 
-from promotion.errors import InvalidInput, RegistryError, redact
+from promotion.errors import InvalidInput, RegistryError, redact, requires_extra
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -78,7 +78,20 @@ def connect(tracking_uri: str | None) -> MlflowClient:
     uri = tracking_uri or mlflow.get_tracking_uri()
     # MLFLOW_REGISTRY_URI, when set, names a separate registry, as it does for MLflow itself.
     registry = os.environ.get("MLFLOW_REGISTRY_URI") or uri
+    for store in dict.fromkeys((uri, registry)):
+        _check_store(store)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=registry)
+
+
+# A database store (MLflow's embedded default is sqlite:///mlflow.db) is read through MLflow's
+# SQL layer, which mlflow-skinny leaves out; an HTTP server needs nothing more.
+DATABASE_SCHEMES = frozenset({"sqlite", "postgresql", "mysql", "mssql"})
+
+
+def _check_store(uri: str) -> None:
+    if uri.partition(":")[0].partition("+")[0].lower() in DATABASE_SCHEMES:
+        with requires_extra("local", f"the tracking store {redact(uri)}"):
+            pass
 
 
 def use_for_fluent_logging(client: MlflowClient) -> None:

@@ -2,7 +2,9 @@
 real MLflow test server, with the files and variables a GitHub runner provides
 (tests/workflow_runner.py).
 
-One story per module, told through promote.yml as GitHub would trigger it. Version 1 is already in
+One story per module, told through promote.yml as GitHub would trigger it: its one job calls
+reusable-train-and-gate.yml, whose jobs the runner reports under their own ids (`run.job("gate")`)
+as well as under `promote/<id>`. Version 1 is already in
 Production (registered by the test with worse metrics than the trainers reach), then:
   push            trains versions 2, 3, 4 and gates each, oldest first: 2 is promoted over 1, 3
                   (a worse ridge) is rejected against 2, 4 (a better lasso) is promoted over 2:
@@ -31,6 +33,11 @@ a scheduled monitor.yml run promotes the other rollout on its canary's traffic (
 no rollout in progress for the aborted one (green); a push whose first version starts a rollout
 again is green while @Production stays where it was.
 
+The calls themselves: the caller passes its inputs and secrets through and gets the called
+workflow's outputs; and a repository with nothing of Promote but a policy calls the pinned
+reusable workflow of this repository (mapped as mlflow-promote/promote) with the PyPI install,
+found in the tool cache the test seeded: a dry run, an unknown action, a call with nothing.
+
 The `test` job of promote.yml runs `make test`, i.e. this very suite: the runner treats it as
 passed without running it (it would recurse). The last two stories take the train job as passed
 too, with the output it would have set, so that the gate loop meets versions no training run
@@ -53,13 +60,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from workflow_runner import Event, Runner, RunResult, scratch_copy, seed_venv
+from workflow_runner import (
+    Event,
+    Runner,
+    RunResult,
+    load_workflow,
+    scratch_copy,
+    seed_promote_install,
+    seed_venv,
+)
 
 pytestmark = pytest.mark.mlflow
 
 REPO = Path(__file__).resolve().parent.parent
 PROMOTE = REPO / ".github" / "workflows" / "promote.yml"
 POLICY_CHECK = REPO / ".github" / "workflows" / "policy-check.yml"
+TRAIN_AND_GATE = REPO / ".github" / "workflows" / "reusable-train-and-gate.yml"
 RECURSES = "runs `make test`, i.e. this suite: it would recurse"
 HANDED_OVER = "its output is given: the gate loop is what this story is about"
 
@@ -302,7 +318,8 @@ def test_a_dry_run_dispatch_moves_nothing(story):
     run = story.runs["dry-run"]
     job = run.job("dry-run")
     assert run.job("gate").result == "skipped" and run.job("train").result == "skipped"
-    assert job.legs[0].environment is None  # no approval needed to look
+    # No approval needed to look: the read-only environment, not `production`.
+    assert job.legs[0].environment == "registry-read"
     # Version 1 against Production 4 would be rejected (rmse 60 vs ~52.7): exit 1 fails the job,
     # and the decision still reaches the outputs and the summary...
     assert job.result == "failure" and job.legs[0].step("gate").returncode == 1, run.describe()
@@ -419,6 +436,214 @@ def test_no_secret_value_appears_anywhere(story, pr_runs):
             tags = {k: v for k, v in data.tags.items() if k != "mlflow.user"}
             kept += json.dumps([tags, data.params])
         assert not [s for s in secrets if s in kept], mv.version
+
+
+# --------------------------------------------------------------------------------------------
+# The call: promote.yml is a thin caller of reusable-train-and-gate.yml
+
+
+EVERY_SECRET = ["MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_URI",
+                "MLFLOW_TRACKING_USERNAME", "PROMOTE_EVENTS_SECRET", "PROMOTE_EVENTS_URLS",
+                "PROMOTE_NOTIFY_URLS"]
+
+
+def declared_default(name: str) -> Any:
+    return load_workflow(TRAIN_AND_GATE)["on"]["workflow_call"]["inputs"][name]["default"]
+
+
+def test_the_caller_passes_its_inputs_and_secrets_through(story):
+    run = story.runs["dry-run"]
+    call = run.job("promote")
+    assert not call.legs and call.result == "failure"  # the dry run's rejection, through the call
+    assert call.inputs == {
+        "action": "dry-run", "policy": "policies/smoke.yaml", "candidate": "1",
+        "promote-source": ".", "test-command": "make test",
+        # Not passed: the called workflow's defaults.
+        "training-configs": "train/candidates/*.yaml", "python-version": "3.11",
+        "promote-version": declared_default("promote-version"), "extras": "",
+        "training-environment": "training", "production-environment": "production",
+        "read-environment": "registry-read"}
+    assert call.secrets == EVERY_SECRET  # names only: the values are nowhere in the result
+    assert run.job("promote/dry-run") is run.job("dry-run")
+    step = run.job("dry-run").legs[0].step("gate")
+    assert step.env["CANDIDATE"] == "1"
+    assert {k: step.env[k] for k in story.secrets} == story.secrets
+    # The call's outputs are the called workflow's.
+    assert (call.outputs["decision"], call.outputs["candidate_version"],
+            call.outputs["production_version"]) == ("rejected", "1", "4")
+    assert [e["policy"] for e in json.loads(call.outputs["matrix"])["include"]] == [
+        "policies/smoke.yaml"]
+    assert call.outputs["versions"] == ""  # no train job in a dry run
+
+
+def test_a_push_calls_with_action_train_and_gate_and_this_source_tree(story):
+    run = story.runs["push"]
+    call = run.job("promote")
+    assert (call.result, call.inputs["action"]) == ("success", "train-and-gate"), run.describe()
+    assert json.loads(call.outputs["versions"]) == {story.model: [2, 3, 4]}
+    # The gate's outputs, i.e. its last matrix job's (the untrained policy's: nothing decided).
+    gate = run.job("gate").outputs
+    assert {k: call.outputs[k] for k in gate} == gate == {
+        "decision": "", "candidate_version": "", "production_version": ""}
+    leg = run.job("train").legs[0]
+    # promote-source ".": `make -C . install` (the seeded .venv: nothing to do), no cache.
+    assert leg.step("promote-cache").outcome == "skipped"
+    assert 'make -C "$PROMOTE_SOURCE" install' in leg.step("Install Promote").script
+    assert leg.step("promote").outputs["extras"] == "train"
+    assert leg.environment == "training"
+
+
+# --------------------------------------------------------------------------------------------
+# Another repository calls reusable-train-and-gate.yml by its pinned address; Promote comes
+# from PyPI, here a cache hit the test seeded
+
+
+PINNED = "mlflow-promote/promote/.github/workflows/reusable-train-and-gate.yml@" + "ab" * 20
+CONSUMER_GATE = """\
+name: gate
+on:
+  workflow_dispatch:
+    inputs:
+      policy: {type: string, default: ""}
+      candidate: {type: string, default: ""}
+      action: {type: string, default: dry-run}
+permissions:
+  contents: read
+jobs:
+  promote:
+    uses: PINNED # v0.2.0
+    with:
+      action: ${{ inputs.action }}
+      policy: ${{ inputs.policy }}
+      candidate: ${{ inputs.candidate }}
+    secrets:
+      MLFLOW_TRACKING_URI: ${{ secrets.MLFLOW_TRACKING_URI }}
+      MLFLOW_TRACKING_USERNAME: ${{ secrets.MLFLOW_TRACKING_USERNAME }}
+      MLFLOW_TRACKING_PASSWORD: ${{ secrets.MLFLOW_TRACKING_PASSWORD }}
+      MLFLOW_TRACKING_TOKEN: ${{ secrets.MLFLOW_TRACKING_TOKEN }}
+""".replace("PINNED", PINNED)
+# No `action` (the default: train-and-gate), no test command, and no secret passed on.
+CONSUMER_TRAIN = """\
+name: train
+on: push
+permissions:
+  contents: read
+jobs:
+  promote:
+    uses: PINNED # v0.2.0
+""".replace("PINNED", PINNED)
+
+
+@dataclass
+class Consumer:
+    story: Story  # a model of its own: version 1 seeded on @Production, version 2 better
+    tool_cache: Path
+    runs: dict[str, RunResult] = field(default_factory=dict)
+    registry: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def consumer(mlflow_server, tmp_path_factory) -> Consumer:
+    """A repository with nothing of Promote but a policy and two workflows calling the pinned
+    reusable workflow (this repository, mapped as mlflow-promote/promote), for a model whose
+    version 1 holds @Production and whose version 2 has better metrics:
+
+      dry-run   a dispatch dry-running version 2: would promote it, nothing moves;
+      bogus     a dispatch with action `deploy`: refused by the plan job;
+      default   a push calling it with nothing: action train-and-gate, no test job, and the
+                train job refuses to start without the tracking secret it was not passed.
+    """
+    from helpers import add_version
+
+    root = tmp_path_factory.mktemp("consumer")
+    ws = root / "repo"
+    story = Story(f"consumer-{uuid.uuid4().hex[:10]}", mlflow_server,
+                  fake_secrets(mlflow_server), ws)
+    (ws / "policies").mkdir(parents=True)
+    (ws / "policies" / "smoke.yaml").write_text(POLICY.format(model=story.model))
+    story.seed_production()
+    add_version(story.client(), story.model, {"rmse": 52.0, "r2": 0.45},
+                {"data_validated": "true"})
+    workflows = ws / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    (workflows / "gate.yml").write_text(CONSUMER_GATE)
+    (workflows / "train.yml").write_text(CONSUMER_TRAIN)
+    c = Consumer(story, root / "tool-cache")
+    seed_promote_install(c.tool_cache, declared_default("promote-version"),
+                         declared_default("python-version"), REPO)
+
+    def run(name: str, workflow: str, event: Event) -> None:
+        runner = Runner(ws, root / f"runner-{name}", secrets=story.secrets,
+                        repositories={"mlflow-promote/promote": REPO}, tool_cache=c.tool_cache)
+        c.runs[name] = runner.run(workflows / workflow, event)
+        c.registry[name] = story.snapshot()
+
+    c.registry["before"] = story.snapshot()
+    run("dry-run", "gate.yml", Event.dispatch(policy="policies/smoke.yaml", candidate="2"))
+    run("bogus", "gate.yml", Event.dispatch(policy="policies/smoke.yaml", action="deploy"))
+    run("default", "train.yml", Event.push("6" * 40))
+    return c
+
+
+def test_a_remote_call_installs_promote_from_the_tool_cache(consumer):
+    run = consumer.runs["dry-run"]
+    assert run.job("dry-run").result == "success", run.describe()
+    for job_id in ("plan", "dry-run"):
+        leg = run.job(job_id).legs[0]
+        assert leg.step("promote-cache").outputs == {"cache-hit": "true"}
+        install = leg.step("Install Promote")
+        assert "pip install" not in install.stdout + install.stderr
+        assert leg.step("promote").outputs["extras"] == ""
+        assert leg.step("promote").outputs["key"].endswith(
+            f"-{declared_default('promote-version')}-none")
+    # The plan's `promote` came from the tool cache: the repository has no Promote of its own.
+    assert not (consumer.story.workspace / ".venv").exists()
+    assert shutil.which("promote", path="/usr/local/bin:/usr/bin:/bin") is None
+
+
+def test_a_remote_dry_run_decides_and_moves_nothing(consumer):
+    run = consumer.runs["dry-run"]
+    call = run.job("promote")
+    assert call.reason == f"(calls {PINNED})"
+    assert call.secrets == EVERY_SECRET[:4]
+    leg = run.job("dry-run").legs[0]
+    assert leg.environment == "registry-read"
+    assert (call.outputs["decision"], call.outputs["candidate_version"],
+            call.outputs["production_version"]) == ("promoted", "2", "1")
+    assert "| rmse max_regression |" in leg.summary
+    assert consumer.registry["dry-run"] == consumer.registry["before"]
+    assert {run.job(j).result for j in ("test", "train", "gate", "rollback")} == {"skipped"}
+
+
+def test_an_unknown_action_is_refused_by_the_plan(consumer):
+    run = consumer.runs["bogus"]
+    step = run.job("plan").legs[0].step("plan")
+    assert (step.returncode, step.outputs) == (2, {}), run.describe()
+    assert any(a.startswith("::error::unknown action 'deploy'") for a in step.annotations())
+    assert {job.result for job_id, job in run.jobs.items()
+            if job_id not in ("plan", "promote", "promote/plan")} == {"skipped"}
+    assert consumer.registry["bogus"] == consumer.registry["before"]
+
+
+def test_the_default_action_trains_and_a_secret_not_passed_is_empty(consumer):
+    run = consumer.runs["default"]
+    call = run.job("promote")
+    assert (call.inputs["action"], call.inputs["test-command"], call.secrets) == (
+        "train-and-gate", "", [])
+    assert run.job("test").result == "skipped"  # no test command: no test job
+    train = run.job("train").legs[0]
+    step = train.step("train")
+    assert (train.result, step.returncode) == ("failure", 2), run.describe()
+    assert "::error::secret MLFLOW_TRACKING_URI is not set" in step.annotations()
+    assert train.step("promote").outputs["extras"] == "train"
+    assert run.job("gate").result == "skipped" and call.result == "failure"
+    assert consumer.registry["default"] == consumer.registry["before"]
+
+
+def test_no_secret_value_appears_in_a_remote_call(consumer):
+    secrets = secret_values(consumer.story.secrets)
+    assert [(name, where) for name, run in consumer.runs.items()
+            for where, text in run.texts() for secret in secrets if secret in text] == []
 
 
 # --------------------------------------------------------------------------------------------

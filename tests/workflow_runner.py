@@ -10,8 +10,17 @@ What it cannot run is replaced by its effect: `actions/checkout` is the scratch 
 prepared; `actions/setup-python` puts a bare Python on PATH (the copy's `.venv` is pre-seeded by
 `seed_venv`, so `make install` has nothing to do); `actions/upload-artifact` copies the files into
 the run's artifacts directory. Any other action is an error: the runner must be taught its effect.
-Not modelled: runners, permissions, environments' protection rules and concurrency queues (their
-values are recorded so tests can check them), caches, services, containers.
+`actions/cache` restores when its `path` exists (`cache-hit: 'true'`) and saves nothing when it
+does not; `Runner.tool_cache` is RUNNER_TOOL_CACHE (`seed_promote_install` fills it).
+
+A job that calls a reusable workflow (`uses: ./.github/workflows/x.yml`, `$/...`, or
+`owner/repo/.github/workflows/x.yml@ref` for a repository mapped in `Runner.repositories`) runs
+the called jobs with the call's `inputs` (`with:`, evaluated in the caller's context, declared
+types and defaults applied) and `secrets` (only those passed by name, or all with `inherit`), the
+caller's `github` context, and maps `on.workflow_call.outputs` to the caller job's outputs. The
+called jobs are reported under their own ids and as `<caller>/<called>`.
+Not modelled: runners, permissions, environments' protection rules and environment-scoped secrets,
+concurrency queues (their values are recorded so tests can check them), services, containers.
 """
 
 from __future__ import annotations
@@ -272,7 +281,7 @@ def substitute(value: Any, context: Mapping[str, Any], status: str = "success") 
     if not isinstance(value, str) or "${{" not in value:
         return value
     whole = _TEMPLATE.fullmatch(value.strip())
-    if whole:
+    if whole and "${{" not in whole.group(1):  # one expression, not `${{ a }}/${{ b }}`
         return evaluate(whole.group(1), context, status)
     return _TEMPLATE.sub(lambda m: to_string(evaluate(m.group(1), context, status)), value)
 
@@ -403,6 +412,11 @@ class JobResult:
     legs: list[LegResult] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)
     reason: str = ""  # why it did not run, or was assumed
+    # A job that calls a reusable workflow: the inputs it passed, the names of the secrets it
+    # passed (never their values), and the called jobs by their ids.
+    inputs: dict[str, Any] | None = None
+    secrets: list[str] = field(default_factory=list)
+    called: dict[str, JobResult] = field(default_factory=dict)
 
     @property
     def summary(self) -> str:
@@ -419,13 +433,20 @@ class RunResult:
     def job(self, job_id: str) -> JobResult:
         return self.jobs[job_id]
 
+    def unique_jobs(self) -> list[JobResult]:
+        """Each job once (a called job is listed under two ids)."""
+        seen: dict[int, JobResult] = {}
+        for job in self.jobs.values():
+            seen.setdefault(id(job), job)
+        return list(seen.values())
+
     @property
     def summary(self) -> str:
-        return "".join(job.summary for job in self.jobs.values())
+        return "".join(job.summary for job in self.unique_jobs())
 
     def texts(self) -> Iterator[tuple[str, str]]:
         """Every text the run produced: logs, outputs, summaries, environment files, artifacts."""
-        for job in self.jobs.values():
+        for job in self.unique_jobs():
             for key, value in job.outputs.items():
                 yield f"{job.id}.outputs.{key}", value
             for leg in job.legs:
@@ -444,7 +465,7 @@ class RunResult:
     def describe(self) -> str:
         """A readable log of the run, for assertion messages."""
         lines = [f"{self.workflow} on {self.event}"]
-        for job in self.jobs.values():
+        for job in self.unique_jobs():
             lines.append(f"job {job.id}: {job.result} {job.reason}".rstrip())
             for leg in job.legs:
                 for step in leg.steps:
@@ -509,6 +530,10 @@ class Runner:
     assume_outputs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     repository: str = "example/promote"
     base_path: str = "/usr/local/bin:/usr/bin:/bin"
+    # Other repositories' files, by "owner/repo": their actions and workflows resolve here.
+    repositories: Mapping[str, Path] = field(default_factory=dict)
+    # RUNNER_TOOL_CACHE and runner.tool_cache (default: a directory of the run, empty).
+    tool_cache: Path | None = None
 
     def run(self, workflow_file: Path, event: Event) -> RunResult:
         workflow = load_workflow(workflow_file)
@@ -547,12 +572,26 @@ class Runner:
             "GITHUB_SERVER_URL": "https://github.com", "GITHUB_ACTOR": "smoke-test",
             "GITHUB_WORKFLOW": github["workflow"], "RUNNER_OS": "Linux",
         }
+        tool_cache = self.tool_cache or root / "tool-cache"
+        tool_cache.mkdir(parents=True, exist_ok=True)
+        base_env["RUNNER_TOOL_CACHE"] = str(tool_cache)
         state = _RunState(workflow, github, inputs, base_env, root, artifacts, self.secrets,
-                          self.vars)
+                          self.vars, source=_repository_root(workflow_file, self.workspace),
+                          tool_cache=str(tool_cache))
+        return RunResult(workflow_file.name, event.name, self._jobs(state), artifacts)
+
+    def _jobs(self, state: _RunState) -> dict[str, JobResult]:
+        """Every job of a workflow; a called workflow's jobs also under their own ids and
+        `<caller>/<called>` (a job of the caller keeps its id if a called one has the same)."""
         jobs: dict[str, JobResult] = {}
-        for job_id in _job_order(workflow["jobs"]):
+        own = set(state.workflow["jobs"])
+        for job_id in _job_order(state.workflow["jobs"]):
             jobs[job_id] = self._job(state, job_id, jobs)
-        return RunResult(workflow_file.name, event.name, jobs, artifacts)
+            for called_id, called in jobs[job_id].called.items():
+                jobs[f"{job_id}/{called_id}"] = called
+                if called_id not in own and called_id not in jobs:
+                    jobs[called_id] = called
+        return jobs
 
     def _home(self, root: Path) -> Path:
         home = root / "home"
@@ -600,6 +639,8 @@ class Runner:
         if job_id in self.assume_success:
             return JobResult(job_id, "success", outputs=dict(self.assume_outputs.get(job_id, {})),
                              reason=f"(assumed: {self.assume_success[job_id]})")
+        if "uses" in job:
+            return self._call(state, job_id, job, context)
 
         strategy = job.get("strategy", {})
         legs = _matrix_legs(substitute(strategy.get("matrix"), context))
@@ -618,6 +659,68 @@ class Runner:
                 result.result = "failure"
         return result
 
+    # -- reusable workflows
+
+    def _call(self, state: _RunState, job_id: str, job: Mapping[str, Any],
+              context: Mapping[str, Any]) -> JobResult:
+        """A job that calls a reusable workflow: its jobs, with the call's inputs and secrets."""
+        where = f"job {job_id} ({job['uses']})"
+        if "strategy" in job:
+            raise RunnerError(f"{where}: a matrix of workflow calls is not modelled here")
+        if state.depth >= 9:  # GitHub: ten levels of workflows at most, the caller included
+            raise RunnerError(f"{where}: workflow calls nested too deep")
+        path, source = self._called_file(str(job["uses"]), state, where)
+        called = load_workflow(path)
+        spec = _call_trigger(called.get("on"))
+        if spec is None:
+            raise RunnerError(f"{where}: {path.name} has no workflow_call trigger")
+        inputs = _call_inputs(spec.get("inputs") or {}, substitute(job.get("with") or {}, context),
+                              {"github": state.github}, where)
+        secrets = _call_secrets(spec.get("secrets") or {}, job.get("secrets"), context,
+                                state.secrets, where)
+        root = state.root / f"call-{job_id}"
+        root.mkdir(parents=True)
+        called_state = _RunState(called, state.github, inputs, state.base_env, root,
+                                 state.artifacts, secrets, state.vars, source=source,
+                                 tool_cache=state.tool_cache, depth=state.depth + 1)
+        jobs = self._jobs(called_state)
+        own = {j: jobs[j] for j in called["jobs"]}
+        result = JobResult(job_id, "success", inputs=inputs, secrets=sorted(secrets), called=jobs,
+                           reason=f"(calls {job['uses']})")
+        if any(j.result in ("failure", "cancelled") for j in own.values()):
+            result.result = "failure"
+        outputs_ctx = {"github": state.github, "inputs": inputs, "vars": dict(state.vars),
+                       "jobs": {j: {"result": r.result, "outputs": r.outputs}
+                                for j, r in own.items()}}
+        result.outputs = {k: to_string(substitute((v or {}).get("value", ""), outputs_ctx))
+                          for k, v in (spec.get("outputs") or {}).items()}
+        return result
+
+    def _called_file(self, uses: str, state: _RunState, where: str) -> tuple[Path, Path]:
+        """The called workflow's file and its repository's root."""
+        if uses.startswith(("./", "$/")):
+            if "@" in uses:
+                raise RunnerError(f"{where}: a workflow of the same repository takes no @ref")
+            root = state.source or self.workspace
+            inner = uses[2:]
+        else:
+            name, _, ref = uses.partition("@")
+            owner, _, rest = name.partition("/")
+            repo, _, inner = rest.partition("/")
+            if not ref or not owner or not repo:
+                raise RunnerError(f"{where}: expected owner/repo/.github/workflows/<file>@<ref>")
+            found = [Path(p) for known, p in self.repositories.items()
+                     if known.lower() == f"{owner}/{repo}".lower()]
+            if not found:
+                raise RunnerError(f"{where}: repository {owner}/{repo} is not mapped "
+                                  "(Runner.repositories)")
+            root = found[0]
+        if not re.fullmatch(r"\.github/workflows/[^/]+\.ya?ml", inner):
+            raise RunnerError(f"{where}: a reusable workflow is a file of .github/workflows/")
+        if not (root / inner).is_file():
+            raise RunnerError(f"{where}: no {inner} in {root}")
+        return root / inner, root
+
     def _leg(self, state: _RunState, job_id: str, job: Mapping[str, Any],
              needs_ctx: dict[str, Any], matrix: dict[str, Any],
              strategy_ctx: dict[str, Any]) -> LegResult:
@@ -626,7 +729,8 @@ class Runner:
         files = {name: temp / f"_{name.lower()}" for name in ("GITHUB_ENV", "GITHUB_PATH")}
         for path in files.values():
             path.touch()
-        runner_ctx = {"temp": str(temp), "os": "Linux", "arch": "X64", "name": "smoke"}
+        runner_ctx = {"temp": str(temp), "os": "Linux", "arch": "X64", "name": "smoke",
+                      "tool_cache": state.tool_cache}
         context = state.context(needs=needs_ctx, matrix=matrix, strategy=strategy_ctx,
                                 runner=runner_ctx)
         env: dict[str, str] = {}
@@ -706,18 +810,30 @@ class Runner:
 
     def _uses(self, step: Mapping[str, Any], ctx: Mapping[str, Any], name: str,
               state: _RunState, extra_path: list[str]) -> StepResult:
+        composite = composite_action_dir(str(step["uses"]), self.workspace, self.repositories)
+        if composite is not None:  # ./path, or a mapped repository's action: run its steps
+            return run_composite(self, composite, step, ctx, name, state, extra_path)
         action = str(step["uses"]).split("@", 1)[0]
         with_ = {k: to_string(v) for k, v in substitute(step.get("with", {}), ctx).items()}
+        outputs: dict[str, str] = {}
         if action == "actions/checkout":
             note = f"checkout: the scratch copy {self.workspace}"
         elif action == "actions/setup-python":
-            extra_path.append(str(bare_python_dir(state.root)))
-            note = f"setup-python {with_.get('python-version', '')}: {sys.version.split()[0]}"
+            # As the action does: the directory goes to GITHUB_PATH, so a step's own additions
+            # (read back from that file after each step) keep it.
+            directory = str(bare_python_dir(state.root))
+            with (Path(ctx["runner"]["temp"]) / "_github_path").open("a") as path_file:
+                path_file.write(directory + "\n")
+            extra_path.append(directory)
+            outputs["python-version"] = sys.version.split()[0]
+            note = f"setup-python {with_.get('python-version', '')}: {outputs['python-version']}"
         elif action == "actions/upload-artifact":
             note = self._upload(with_, state.artifacts)
+        elif action == "actions/cache":
+            outputs, note = _cache(with_)
         else:
             raise RunnerError(f"no local effect known for {step['uses']}")
-        return StepResult(name, step.get("id"), "uses", "success", 0, stdout=note)
+        return StepResult(name, step.get("id"), "uses", "success", 0, stdout=note, outputs=outputs)
 
     def _upload(self, with_: Mapping[str, str], artifacts: Path) -> str:
         name = with_.get("name", "artifact")
@@ -754,11 +870,277 @@ class _RunState:
     artifacts: Path
     secrets: Mapping[str, str] = field(default_factory=dict)
     vars: Mapping[str, str] = field(default_factory=dict)
+    source: Path | None = None  # the repository the workflow file is in (`./` and `$/` uses)
+    tool_cache: str = ""
+    depth: int = 0  # how many workflow calls deep
 
     def context(self, **more: Any) -> dict[str, Any]:
         return {"github": self.github, "inputs": self.inputs, "secrets": dict(self.secrets),
                 "vars": dict(self.vars), "env": {}, "matrix": {}, "strategy": {}, "steps": {},
                 "needs": {}, "runner": {}, **more}
+
+
+# ---------------------------------------------------------------------------------------------
+# Composite actions: an action.yml with `runs.using: composite`, from the workspace (`uses: ./`,
+# `uses: ./path`) or from a repository mapped in `Runner.repositories` (`owner/repo[/path]@ref`),
+# run step by step as GitHub runs it: its inputs (defaults evaluated, a required one without a
+# default missing and an unknown one are errors), an `inputs` context and `github.action_path` /
+# GITHUB_ACTION_PATH, step `if:`, nested `uses:`, each step's own GITHUB_OUTPUT and
+# GITHUB_STEP_SUMMARY, the job's GITHUB_ENV and GITHUB_PATH, `outputs.<x>.value` as the action
+# step's outputs. Stricter than GitHub on purpose: GitHub only warns about unknown inputs and does
+# not enforce `required`.
+
+
+@dataclass
+class ActionStepResult(StepResult):
+    """A composite action's step: its stdout, stderr and summary are its steps', in order."""
+
+    steps: list[StepResult] = field(default_factory=list)
+
+    def step(self, name_or_id: str) -> StepResult:
+        for step in self.steps:
+            if name_or_id in (step.id, step.name):
+                return step
+        raise KeyError(f"{self.name}: no step {name_or_id!r}")
+
+
+def composite_action_dir(uses: str, workspace: Path,
+                         repositories: Mapping[str, Path]) -> Path | None:
+    """Where the action named by `uses:` is, when it is ours to run; None for any other action."""
+    if uses == "." or uses.startswith("./"):
+        return (workspace / uses).resolve()  # relative to the workspace, even inside an action
+    parts = uses.partition("@")[0].split("/")
+    repo = "/".join(parts[:2]).lower()  # owner/repo: GitHub ignores their case
+    for known, root in repositories.items():
+        if known.lower() == repo:
+            return Path(root).joinpath(*parts[2:])
+    return None
+
+
+def load_action(directory: Path) -> dict[str, Any]:
+    for filename in ("action.yml", "action.yaml"):
+        path = directory / filename
+        if path.is_file():
+            manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
+            using = (manifest.get("runs") or {}).get("using")
+            if using != "composite":
+                raise RunnerError(f"{path}: runs.using is {using!r}; only composite actions run "
+                                  "here")
+            return manifest
+    raise RunnerError(f"no action.yml in {directory}")
+
+
+def action_inputs(manifest: Mapping[str, Any], given: Mapping[str, str],
+                  ctx: Mapping[str, Any], where: str) -> dict[str, str]:
+    """The `inputs` context: what `with:` gave, else the default (evaluated in the caller's
+    github, strategy, matrix, job and runner contexts, as GitHub evaluates it)."""
+    declared = manifest.get("inputs") or {}
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise RunnerError(f"{where}: unknown inputs {unknown} (declared: {sorted(declared)})")
+    default_ctx = {k: ctx.get(k, {}) for k in ("github", "strategy", "matrix", "job", "runner")}
+    values: dict[str, str] = {}
+    for key, spec in declared.items():
+        spec = spec or {}
+        if key in given:
+            values[key] = given[key]
+        elif spec.get("required") and "default" not in spec:
+            raise RunnerError(f"{where}: input {key} is required")
+        else:
+            values[key] = to_string(substitute(spec.get("default", ""), default_ctx))
+    return values
+
+
+def run_composite(runner: Runner, directory: Path, step: Mapping[str, Any],
+                  ctx: Mapping[str, Any], name: str, state: _RunState,
+                  extra_path: list[str]) -> ActionStepResult:
+    """Run a composite action's steps in the calling job (its temp, env files and PATH)."""
+    manifest = load_action(directory)
+    uses = str(step["uses"])
+    with_ = {k: to_string(v) for k, v in substitute(step.get("with", {}), ctx).items()}
+    call = _ActionCall(runner, state, directory, uses, Path(ctx["runner"]["temp"]), extra_path,
+                       ctx, {k: to_string(v) for k, v in
+                             substitute(step.get("env", {}), ctx).items()})
+    inputs = action_inputs(manifest, with_, ctx, uses)
+    github = {**ctx["github"], "action_path": str(directory), "action": step.get("id") or name,
+              "action_ref": uses.partition("@")[2],
+              "action_repository": "" if uses.startswith(".") else uses.partition("@")[0]}
+    # An action sees no secrets, vars nor needs: only what its inputs and env give it.
+    base = {k: v for k, v in ctx.items() if k not in ("secrets", "vars", "needs")}
+    result = ActionStepResult(name, step.get("id"), "uses", "success", 0)
+    steps_ctx: dict[str, Any] = {}
+    started = time.monotonic()
+    for number, inner in enumerate(manifest["runs"].get("steps") or []):
+        inner_ctx = {**base, "github": github, "inputs": inputs, "env": call.env(),
+                     "steps": steps_ctx}
+        done = call.step(number, inner, inner_ctx, result.outcome)
+        result.steps.append(done)
+        if inner.get("id"):
+            steps_ctx[inner["id"]] = {"outputs": done.outputs, "outcome": done.outcome,
+                                      "conclusion": done.outcome}
+        if done.outcome == "failure" and not inner.get("continue-on-error"):
+            result.outcome, result.returncode = "failure", done.returncode
+    outputs_ctx = {**base, "github": github, "inputs": inputs, "steps": steps_ctx,
+                   "env": call.env()}
+    result.outputs = {key: to_string(substitute((spec or {}).get("value", ""), outputs_ctx))
+                      for key, spec in (manifest.get("outputs") or {}).items()}
+    for done in result.steps:
+        if done.kind != "skipped":
+            result.stdout += f"[{done.name}]\n{done.stdout}"
+        result.stderr += done.stderr
+        result.summary += done.summary
+    result.seconds = time.monotonic() - started
+    return result
+
+
+@dataclass
+class _ActionCall:
+    """One run of a composite action inside a job: what its steps share with the job."""
+
+    runner: Runner
+    state: _RunState
+    directory: Path
+    uses: str
+    job_temp: Path  # the job's RUNNER_TEMP, where its GITHUB_ENV and GITHUB_PATH files are
+    extra_path: list[str]  # the job's GITHUB_PATH entries, updated after each step
+    ctx: Mapping[str, Any]  # the caller's context
+    outer_env: dict[str, str]  # the `env:` of the step that uses the action
+    own_temp: Path = field(init=False)  # this call's scripts and step files
+
+    def __post_init__(self) -> None:
+        self.own_temp = self.job_temp / f"action-{uuid.uuid4().hex[:8]}"
+        self.own_temp.mkdir()
+
+    def env(self) -> dict[str, str]:
+        """The `env` context of the action's next step: the job's, GITHUB_ENV's, the caller's."""
+        return {**self.ctx["env"], **read_env_file(self.job_temp / "_github_env"),
+                **self.outer_env}
+
+    def step(self, number: int, inner: Mapping[str, Any], inner_ctx: Mapping[str, Any],
+             status: str) -> StepResult:
+        name = inner.get("name") or inner.get("uses") or str(inner.get("run", "")).split("\n")[0]
+        if not condition(inner.get("if"), inner_ctx, status):
+            return StepResult(name, inner.get("id"), "skipped", "skipped")
+        env = {**inner_ctx["env"], **{k: to_string(v) for k, v in
+                                      substitute(inner.get("env", {}), inner_ctx).items()}}
+        if "uses" in inner:
+            done = self.runner._uses(inner, {**inner_ctx, "env": env}, name, self.state,
+                                     self.extra_path)
+        else:
+            if not inner.get("shell"):
+                raise RunnerError(f"{self.uses}: step {name!r} has no shell (an action's run "
+                                  "steps must name one)")
+            process_env = {
+                **self.state.base_env, **env, "RUNNER_TEMP": str(self.job_temp),
+                "GITHUB_ENV": str(self.job_temp / "_github_env"),
+                "GITHUB_PATH": str(self.job_temp / "_github_path"),
+                "GITHUB_ACTION_PATH": str(self.directory),
+                "GITHUB_JOB": re.sub(r"^temp-|-\d+$", "", self.job_temp.name),  # temp-<job>-<n>
+                "PATH": ":".join([*reversed(self.extra_path), self.state.base_env["PATH"]])}
+            done = self.runner._run(inner, inner_ctx, name, number, self.own_temp, process_env,
+                                    {})
+        done.env = {k: v for k, v in env.items() if k in (inner.get("env") or {})}
+        self.extra_path[:] = [p for p in (self.job_temp / "_github_path").read_text()
+                              .splitlines() if p]
+        return done
+
+
+def _cache(with_: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """actions/cache's effect: a hit when every `path` exists (restored), else a miss; nothing
+    is saved at the end of the job (a later run finds what the test put there, or nothing)."""
+    paths = [Path(os.path.expanduser(p.strip())) for p in with_.get("path", "").splitlines()
+             if p.strip()]
+    if not paths or not with_.get("key"):
+        raise RunnerError("actions/cache needs a path and a key")
+    if "," in with_["key"]:
+        raise RunnerError(f"actions/cache: a key holds no comma: {with_['key']!r}")
+    hit = all(p.exists() for p in paths)
+    return ({"cache-hit": "true" if hit else "false"},
+            f"cache {with_['key']}: {'hit' if hit else 'miss'}")
+
+
+def _repository_root(workflow_file: Path, workspace: Path) -> Path:
+    """The repository a workflow file belongs to (`<root>/.github/workflows/x.yml`)."""
+    path = workflow_file.resolve()
+    if path.parent.name == "workflows" and path.parent.parent.name == ".github":
+        return path.parents[2]
+    return workspace
+
+
+def _call_trigger(triggers: Any) -> dict[str, Any] | None:
+    """`on.workflow_call` of a workflow (an empty mapping when it has no inputs), else None."""
+    if triggers == "workflow_call" or (isinstance(triggers, list) and "workflow_call" in triggers):
+        return {}
+    if isinstance(triggers, dict) and "workflow_call" in triggers:
+        return triggers["workflow_call"] or {}
+    return None
+
+
+def _call_inputs(declared: Mapping[str, Any], given: Mapping[str, Any],
+                 default_ctx: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The called workflow's `inputs`: what `with:` gave, else the default, of its declared type
+    (GitHub fails the run on a wrong type, a missing required input or an unknown one)."""
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise RunnerError(f"{where}: undeclared inputs {unknown}")
+    values: dict[str, Any] = {}
+    for name, spec in declared.items():
+        spec = spec or {}
+        kind = spec.get("type", "string")
+        if name in given:
+            value = given[name]
+        elif spec.get("required"):
+            raise RunnerError(f"{where}: input {name} is required")
+        else:
+            value = substitute(spec.get("default", {"boolean": False, "number": 0}.get(kind, "")),
+                               default_ctx)
+        if kind == "boolean" and not isinstance(value, bool):
+            raise RunnerError(f"{where}: input {name} is a boolean, got {value!r}")
+        if kind == "number" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RunnerError(f"{where}: input {name} is a number, got {value!r}")
+        values[name] = to_string(value) if kind == "string" else value
+    return values
+
+
+def _call_secrets(declared: Mapping[str, Any], given: Any, context: Mapping[str, Any],
+                  caller: Mapping[str, str], where: str) -> dict[str, str]:
+    """The called workflow's `secrets`: those passed by name (only declared names may be), or
+    all of the caller's with `inherit`; a required one must be passed (it may be empty)."""
+    if given == "inherit":
+        secrets = dict(caller)
+    else:
+        given = given or {}
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            raise RunnerError(f"{where}: secrets {unknown} are not declared by the workflow")
+        secrets = {k: to_string(substitute(v, context)) for k, v in given.items()}
+    missing = sorted(k for k, spec in declared.items()
+                     if (spec or {}).get("required") and k not in secrets)
+    if missing:
+        raise RunnerError(f"{where}: required secrets {missing} not passed")
+    return secrets
+
+
+def seed_promote_install(tool_cache: Path, version: str, python_version: str,
+                         source: Path, python: str = sys.executable) -> Path:
+    """What actions/cache restores for the reusable workflows' PyPI install of mlflow-promote:
+    `<tool_cache>/mlflow-promote/<version>/<python_version>/bin/{python,promote}`, running this
+    interpreter on `source`'s code (like `seed_venv`), so the install step finds a cache hit and
+    never runs pip."""
+    bin_dir = tool_cache / "mlflow-promote" / version / python_version / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    pythonpath = f'PYTHONPATH="{source}${{PYTHONPATH:+:$PYTHONPATH}}"'
+    scripts = {
+        "python": f'#!/bin/sh\n{pythonpath} exec "{python}" "$@"\n',
+        "promote": f'#!/bin/sh\n{pythonpath} exec "{python}" -m promotion "$@"\n',
+    }
+    for name, text in scripts.items():
+        path = bin_dir / name
+        path.write_text(text)
+        path.chmod(0o755)
+    if not (bin_dir / "python3").exists():
+        (bin_dir / "python3").symlink_to("python")
+    return bin_dir
 
 
 def load_workflow(path: Path) -> dict[str, Any]:

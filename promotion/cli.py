@@ -66,6 +66,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "promotion.commands.webhooks",
         "Point MLflow webhooks at serving endpoints (ensure), and test them.",
     ),
+    "init": (
+        "promotion.commands.init",
+        "Write a starter policy, training config and workflows into a git repository.",
+    ),
 }
 
 

@@ -69,7 +69,8 @@ def test_promotes_own_modules_are_imported_at_the_top():
 @pytest.mark.parametrize("argv", [["--help"], ["gate", "--help"], ["policy", "--help"],
                                   ["policy", "validate", "policies"], ["webhooks", "--help"],
                                   ["webhooks", "ensure", "--help"],
-                                  ["webhooks", "test", "--help"]])
+                                  ["webhooks", "test", "--help"], ["init", "--help"],
+                                  ["--version"]])
 def test_light_commands_do_not_import_mlflow(argv):
     code = ("import sys; from promotion.cli import run; rc = run(sys.argv[1:]); "
             "print('RC', rc, 'HEAVY', sorted(m for m in ('mlflow', 'sklearn', 'matplotlib') "

@@ -27,6 +27,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import version
@@ -383,32 +384,13 @@ def _without_password(uri: str) -> str:
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", uri)
 
 
-@pytest.fixture
-def database() -> Iterator[str]:
-    """The URI of a fresh, uniquely named database, dropped afterwards."""
-    why = postgres_reachable()
-    if why:
-        pytest.skip(why)
+@contextmanager
+def fresh_database(suffix: str = "") -> Iterator[str]:
+    """The URI of a fresh, uniquely named database (`suffix` appended), dropped afterwards."""
     import psycopg
     from psycopg import sql
 
-    name = f"promote_deploy_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(POSTGRES, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield POSTGRES.rsplit("/", 1)[0] + "/" + name
-    finally:
-        with psycopg.connect(POSTGRES, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
-                         .format(sql.Identifier(name)))
-
-
-@pytest.fixture
-def auth_database(database: str) -> Iterator[str]:
-    import psycopg
-    from psycopg import sql
-
-    name = database.rsplit("/", 1)[1] + "_auth"
+    name = f"promote_deploy_{uuid.uuid4().hex[:12]}{suffix}"
     with psycopg.connect(POSTGRES, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
@@ -462,25 +444,84 @@ def stop_node(proc: subprocess.Popen) -> None:
         pass
 
 
-@pytest.fixture(params=["open", "basic-auth"])
-def central_node(request, tmp_path: Path, database: str) -> Iterator[Node]:
-    """deploy/mlflow-server.sh, exactly as the compose service runs it, on a fresh database."""
-    settings = {"MLFLOW_BACKEND_STORE_URI": database,
-                "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts")}
+NODE_FLAVOURS = ("open", "basic-auth")
+
+
+@dataclass
+class Launch:
+    """One flavour of the central node, launched (or why it cannot be)."""
+
+    why: str = ""  # the reason its test skips ('' when launched)
+    error: Exception | None = None  # what went wrong launching it: its test fails with it
+    proc: subprocess.Popen | None = None
+    url: str = ""
+    log: Path | None = None
+    credentials: dict[str, str] = field(default_factory=dict, repr=False)  # never printed
+
+
+def _flavours_selected(session: pytest.Session) -> list[str]:
+    module = sys.modules[__name__]
+    return [item.callspec.params["central_node"] for item in session.items
+            if getattr(item, "module", None) is module and "central_node" in item.fixturenames
+            and hasattr(item, "callspec")]
+
+
+def _launch_flavour(flavour: str, workdir: Path, stack: ExitStack) -> Launch:
+    why = postgres_reachable()
+    if why:
+        return Launch(why=why)
+    settings = {"MLFLOW_BACKEND_STORE_URI": stack.enter_context(fresh_database()),
+                "MLFLOW_ARTIFACTS_DESTINATION": str(workdir / "artifacts")}
     credentials: dict[str, str] = {}
-    if request.param == "basic-auth":
-        pytest.importorskip("flask_wtf", reason="basic auth needs mlflow[auth] (Flask-WTF)")
+    if flavour == "basic-auth":
+        try:
+            import flask_wtf  # noqa: F401 - what mlflow's basic-auth app needs
+        except ImportError:
+            return Launch(why="basic auth needs mlflow[auth] (Flask-WTF)")
         password = secrets.token_hex(12)
         settings.update({"MLFLOW_AUTH": "basic", "MLFLOW_AUTH_ADMIN_PASSWORD": password,
                          "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
-                         "MLFLOW_AUTH_DATABASE_URI": request.getfixturevalue("auth_database")})
+                         "MLFLOW_AUTH_DATABASE_URI": stack.enter_context(fresh_database("_auth"))})
         credentials = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
-    proc, url, log = launch_node(settings, tmp_path)
-    try:
-        wait_node(proc, url, log)
-        yield Node(url, log, credentials)
-    finally:
-        stop_node(proc)
+    proc, url, log = launch_node(settings, workdir)
+    stack.callback(stop_node, proc)
+    return Launch(proc=proc, url=url, log=log, credentials=credentials)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def launched_nodes(request, tmp_path_factory) -> Iterator[dict[str, Launch]]:
+    """The central node of each flavour whose test is selected, launched side by side as soon as
+    this module starts: each on fresh databases of its own, in a directory of its own, used by
+    its one test only. Their start-up (the slow part: migrations, workers) overlaps the other
+    tests here instead of adding to them."""
+    with ExitStack() as stack:
+        launched = {}
+        for flavour in dict.fromkeys(_flavours_selected(request.session)):
+            try:
+                launched[flavour] = _launch_flavour(
+                    flavour, tmp_path_factory.mktemp(f"node-{flavour}"), stack)
+            except Exception as exc:  # the test of this flavour reports it, not every test here
+                launched[flavour] = Launch(error=exc)
+        yield launched
+
+
+@pytest.fixture(params=NODE_FLAVOURS)
+def central_node(request, tmp_path: Path, launched_nodes: dict[str, Launch]) -> Iterator[Node]:
+    """deploy/mlflow-server.sh, exactly as the compose service runs it, on a fresh database."""
+    with ExitStack() as stack:
+        launch = launched_nodes.get(request.param)
+        if launch is None:  # not launched with the module: launched now
+            launch = _launch_flavour(request.param, tmp_path, stack)
+        if launch.error is not None:
+            raise launch.error
+        if launch.why:
+            pytest.skip(launch.why)
+        assert launch.proc is not None and launch.log is not None
+        try:
+            wait_node(launch.proc, launch.url, launch.log)
+            yield Node(launch.url, launch.log, launch.credentials)
+        finally:
+            stop_node(launch.proc)
 
 
 def promote(node: Node, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -540,7 +581,7 @@ def test_train_gate_load_against_the_deploy_command_line(central_node: Node, tmp
                            "?max_results=1") == 401
     train_gate_load(central_node, tmp_path, monkeypatch)
     # The artifacts went through the server into its artifacts destination.
-    assert any((tmp_path / "artifacts").rglob("MLmodel"))
+    assert any((central_node.log.parent / "artifacts").rglob("MLmodel"))
 
 
 # -- the image, built from deploy/Dockerfile and run ------------------------------------------

@@ -3,7 +3,9 @@
 A real TCP proxy (tests/faultproxy.py) stands between Promote and the real test server. For every
 write index of a promoting gate, a rejecting gate and a rollback, the server "dies" from that
 request on (every later request refused), or only that request's answer is lost (it reached the
-server). Each point then checks what a user depends on:
+server). (Every distinct crash point, that is: within a batch of version tags, whose requests are
+sent at once and arrive in any order, the first and the last; tests/sweeppoints.py says why.)
+Each point then checks what a user depends on:
 
 - the alias is only ever on the old or the new version, never on a version recorded as rejected;
 - the exit code says what moved: 3 only when nothing did, 5 when the alias moved (or may have) but
@@ -21,15 +23,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import uuid
 from dataclasses import dataclass
+from functools import partial
 
 import pytest
 from faultproxy import Callback, DownFrom, DropResponse, FaultProxy, ResetOnce, Status
+from forkserver import PromoteForker
 from helpers import add_version, aliases, decision_runs, write_policy
+from sweeppoints import prepared, sweep_points
 
 from promotion.cli import run
 from promotion.engine import records as record
@@ -131,11 +134,12 @@ def _check_converged(client, proxy: FaultProxy, case: Case, capsys, *, strict: b
     assert "pending" not in shown, (shown, decisions)
 
 
-def _writes(proxy: FaultProxy, case: Case, capsys) -> int:
+def _points(proxy: FaultProxy, case: Case, capsys) -> tuple[int, list[int]]:
+    """A healthy run of the command: (how many writes it makes, the ones a sweep fails)."""
     proxy.arm(None)
     code, _, err = _run(proxy, case, capsys)
     assert code in (0, 1), err
-    return sum(1 for r in proxy.requests if r.write)
+    return sum(1 for r in proxy.requests if r.write), sweep_points(proxy.requests)
 
 
 SWEEPS = [(command, "server dies") for command in sorted(SETUPS)] + [
@@ -150,11 +154,11 @@ def test_every_write_interrupted(command, mode, proxy, client, model_name, tmp_p
         # The request reached the server; MLflow's client retries it once, as by default.
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-    total = _writes(proxy, SETUPS[command](client, model_name, tmp_path), capsys)
+    total, points = _points(proxy, SETUPS[command](client, model_name, tmp_path), capsys)
     assert total >= 5
     table = []
-    for n in range(1, total + 1):
-        case = SETUPS[command](client, model_name, tmp_path)
+    setup = partial(SETUPS[command], client, model_name, tmp_path)
+    for n, case in zip(points, prepared(setup, len(points)), strict=True):
         proxy.arm(DownFrom(n, writes_only=True) if mode == "server dies"
                   else DropResponse(n, writes_only=True))
         code, _, err = _run(proxy, case, capsys)
@@ -169,7 +173,7 @@ def test_every_write_interrupted(command, mode, proxy, client, model_name, tmp_p
         _check_converged(client, proxy, case, capsys, strict=rerun != "-")
         table.append(f"{n:>3}  exit {code}  alias {'moved' if where != case.old else 'stayed'}"
                      f"  rerun {rerun}")
-    print(f"\n{command}, {mode}: {total} writes\n" + "\n".join(table))
+    print(f"\n{command}, {mode}: {total} writes, failed at {len(points)}\n" + "\n".join(table))
 
 
 def _check_status_names_the_interrupted_operation(proxy: FaultProxy, case: Case, capsys) -> None:
@@ -192,10 +196,10 @@ def test_a_single_transient_failure_at_every_request(fault, proxy, client, model
     happened, and a rerun converges."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
     monkeypatch.setattr(operation, "RETRY_DELAYS", (0.0, 0.0))
-    total = _writes(proxy, _promoting(client, model_name, tmp_path), capsys)
+    total, points = _points(proxy, _promoting(client, model_name, tmp_path), capsys)
     outcomes = []
-    for n in range(1, total + 1):
-        case = _promoting(client, model_name, tmp_path)
+    setup = partial(_promoting, client, model_name, tmp_path)
+    for n, case in zip(points, prepared(setup, len(points)), strict=True):
         proxy.arm(Status(n, 503, writes_only=True) if fault == "503"
                   else ResetOnce(n, writes_only=True))
         code, _, err = _run(proxy, case, capsys)
@@ -205,41 +209,45 @@ def test_a_single_transient_failure_at_every_request(fault, proxy, client, model
         if code != 0:
             assert _run(proxy, case, capsys)[0] == 0
         _check_converged(client, proxy, case, capsys, strict=code != 0)
-    print(f"\none {fault} at each of {total} writes: exit codes {outcomes}")
-    assert outcomes == [0] * total, outcomes  # MLflow's client retries each through
+    print(f"\none {fault} at {len(points)} of {total} writes: exit codes {outcomes}")
+    assert outcomes == [0] * len(points), outcomes  # MLflow's client retries each through
 
 
 def test_sigkill_at_every_write_converges(proxy, client, model_name, tmp_path, capsys,
                                          fast_failures):
     """The `promote` process is killed (SIGKILL) just as its n-th write arrives, for every n: the
     next gate (here in the test's process, on the same host) sees the dead holder's lease, takes
-    it over at once, and converges."""
+    it over at once, and converges.
+
+    Each `promote` is a process of its own, forked by tests/forkserver.py from a process that has
+    already imported the CLI and MLflow (what `python -m promotion` spends most of its start on):
+    its own pid, its own connections, killed and reaped before the proxy answers anything."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": proxy.url, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     case = _promoting(client, model_name, tmp_path)
-    writes = _writes(proxy, case, capsys)
+    writes, points = _points(proxy, case, capsys)
     killed = []
-    for n in range(1, writes + 1):
-        case = _promoting(client, model_name, tmp_path)
-        started: list[subprocess.Popen] = []
-        ready = threading.Event()
+    with PromoteForker(env) as forker:
+        setup = partial(_promoting, client, model_name, tmp_path)
+        for n, case in zip(points, prepared(setup, len(points)), strict=True):
+            started: list[int] = []
+            ready, dead = threading.Event(), threading.Event()
 
-        def kill(_record, started=started, ready=ready):
-            ready.wait(60)
-            started[0].send_signal(signal.SIGKILL)
-            started[0].wait(60)  # dead before the proxy answers anything
+            def kill(_record, started=started, ready=ready, dead=dead):
+                ready.wait(60)
+                os.kill(started[0], signal.SIGKILL)
+                dead.wait(60)  # dead (and reaped) before the proxy answers anything
 
-        proxy.arm(Callback(n, kill, writes_only=True))
-        proc = subprocess.Popen([sys.executable, "-m", "promotion", *case.args], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        started.append(proc)
-        ready.set()
-        proc.communicate(timeout=120)
-        proxy.arm(None)
-        assert proc.returncode == -signal.SIGKILL
-        where = aliases(client, case.model).get("Production")
-        assert where in {case.old, case.new}
-        again, _, err = _run(proxy, case, capsys)
-        assert again == 0, err
-        _check_converged(client, proxy, case, capsys, strict=True)
-        killed.append(f"{n}:{'moved' if where != case.old else 'stayed'}")
-    print(f"\nSIGKILL at each of {writes} writes (write:alias): {' '.join(killed)}")
+            proxy.arm(Callback(n, kill, writes_only=True))
+            started.append(forker.start(case.args, tmp_path / f"promote-{n}.log"))
+            ready.set()
+            status = forker.wait()
+            dead.set()
+            proxy.arm(None)
+            assert status == -signal.SIGKILL, (tmp_path / f"promote-{n}.log").read_text()
+            where = aliases(client, case.model).get("Production")
+            assert where in {case.old, case.new}
+            again, _, err = _run(proxy, case, capsys)
+            assert again == 0, err
+            _check_converged(client, proxy, case, capsys, strict=True)
+            killed.append(f"{n}:{'moved' if where != case.old else 'stayed'}")
+    print(f"\nSIGKILL at {len(points)} of {writes} writes (write:alias): {' '.join(killed)}")

@@ -1,9 +1,10 @@
 """The fault sweep of a rollout's moves: the registry failing at every write of the gate that
 starts a rollout, and of `promote rollout` advancing, aborting and promoting it.
 
-The same proxy and method as tests/test_faults.py (read its docstring): for each write index the
-server "dies" from that request on (and, for an advance, whose move is a tag rather than an
-alias, the answer of that request is lost instead). Each point then checks:
+The same proxy and method as tests/test_faults.py (read its docstring): for each write index
+(each distinct crash point: tests/sweeppoints.py) the server "dies" from that request on (and,
+for an advance, whose move is a tag rather than an alias, the answer of that request is lost
+instead). Each point then checks:
 
 - what the command moves is only ever where it was or where it goes, and the exit code says
   which: 3 only when nothing moved, 5 when it moved (or may have) and the record is incomplete,
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ import pytest
 import yaml
 from faultproxy import DownFrom, DropResponse, FaultProxy
 from helpers import add_version, aliases, decision_runs
+from sweeppoints import prepared, sweep_points
 
 from promotion.cli import run
 from promotion.engine.intent import INTENT_TAG
@@ -181,9 +184,10 @@ def test_every_write_of_a_rollout_interrupted(command, mode, proxy, client, mode
     assert code == case.done, err
     total = sum(1 for r in proxy.requests if r.write)
     assert total >= 5
+    points = sweep_points(proxy.requests)  # every distinct crash point (tests/sweeppoints.py)
     table = []
-    for n in range(1, total + 1):
-        case = SETUPS[command](client, model_name, tmp_path)
+    setup = partial(SETUPS[command], client, model_name, tmp_path)
+    for n, case in zip(points, prepared(setup, len(points)), strict=True):
         proxy.arm(DownFrom(n, writes_only=True) if mode == "server dies"
                   else DropResponse(n, writes_only=True))
         code, err = _run(proxy, case, capsys)
@@ -196,4 +200,4 @@ def test_every_write_of_a_rollout_interrupted(command, mode, proxy, client, mode
         _check_converged(client, proxy, case, capsys, strict=rerun != "-")
         table.append(f"{n:>3}  exit {code}  {'moved' if where != case.old else 'stayed'}"
                      f"  rerun {rerun}")
-    print(f"\n{command}, {mode}: {total} writes\n" + "\n".join(table))
+    print(f"\n{command}, {mode}: {total} writes, failed at {len(points)}\n" + "\n".join(table))

@@ -196,7 +196,7 @@ def test_the_gate_promotes_and_says_so(story):
     run = story.runs["gate"]
     step = story.step("gate")
     assert (step.outcome, step.returncode) == ("success", 0), run.describe()
-    assert {k: v for k, v in step.outputs.items() if k != "report"} == {
+    assert {k: v for k, v in step.outputs.items() if k not in {"report", "promote"}} == {
         "decision": "promoted", "candidate_version": "2", "production_version": "1"}
     report = Path(step.outputs["report"])
     assert report.name == "decision.json" and report.parent.name == "promote"
@@ -225,7 +225,7 @@ def test_a_rollback_moves_the_alias_back(story):
     step = story.step("rollback")
     assert (step.outcome, step.returncode) == ("success", 0), story.runs["rollback"].describe()
     assert story.aliases["rollback"] == {"Production": "1", "Production-previous": "2"}
-    assert {k: v for k, v in step.outputs.items() if k != "report"} == {
+    assert {k: v for k, v in step.outputs.items() if k not in {"report", "promote"}} == {
         "decision": "rollback", "candidate_version": "2", "production_version": "1"}
     assert Path(step.outputs["report"]).name == "rollback.json"
     assert f"### Promote `{story.model}`: rollback of @Production" in step.summary
@@ -238,7 +238,7 @@ def test_an_unknown_action_is_refused_before_anything_runs(story):
                                   "dry-run, rollback or watch"]
     assert [s.outcome for s in step.steps[1:]] == ["skipped"] * (len(step.steps) - 1)
     assert step.outputs == {"decision": "", "candidate_version": "", "production_version": "",
-                            "report": ""}
+                            "report": "", "promote": ""}
     assert story.aliases["unknown-action"] == story.aliases["rollback"]
 
 

@@ -3,7 +3,7 @@
 # in a virtualenv, run as a non-root user. No image is published: build it and push it to your
 # own registry (docs/kubernetes.md).
 #
-#   docker build -f deploy/kubernetes/serve.Dockerfile -t promote/promote:0.1.0 .
+#   docker build -f deploy/kubernetes/serve.Dockerfile -t promote/promote:0.2.0 .
 #
 # The build context is the repository root; only the files copied below are used.
 # Build argument BASE_IMAGE: a Debian-based image with python3 (>= 3.11) and python3-venv

@@ -322,17 +322,11 @@ def scratch_copy(repo: Path, dest: Path) -> Path:
     return dest
 
 
-def seed_venv(workspace: Path, python: str = sys.executable) -> None:
-    """Give the copy a `.venv` that `make install` finds up to date and that runs the COPY's code.
-
-    `.venv/bin/python` and `.venv/bin/promote` run this interpreter (which has every dependency)
-    with the copy first on the import path; the Makefile's install stamps are newer than
-    pyproject.toml, so `make install` does nothing. No pip: a workflow that tried to install
-    into this venv would fail loudly instead of changing the developer's environment.
-    """
-    bin_dir = workspace / ".venv" / "bin"
+def _wrapper_bin(bin_dir: Path, source: Path, python: str) -> None:
+    """`python`, `python3` and `promote` in `bin_dir`, running `python` with `source` first on
+    the import path."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    pythonpath = f'PYTHONPATH="{workspace}${{PYTHONPATH:+:$PYTHONPATH}}"'
+    pythonpath = f'PYTHONPATH="{source}${{PYTHONPATH:+:$PYTHONPATH}}"'
     scripts = {
         "python": f'#!/bin/sh\n{pythonpath} exec "{python}" "$@"\n',
         "promote": f'#!/bin/sh\n{pythonpath} exec "{python}" -m promotion "$@"\n',
@@ -341,7 +335,19 @@ def seed_venv(workspace: Path, python: str = sys.executable) -> None:
         path = bin_dir / name
         path.write_text(text)
         path.chmod(0o755)
-    (bin_dir / "python3").symlink_to("python")
+    if not (bin_dir / "python3").exists():
+        (bin_dir / "python3").symlink_to("python")
+
+
+def seed_venv(workspace: Path, python: str = sys.executable) -> None:
+    """Give the copy a `.venv` that `make install` finds up to date and that runs the COPY's code.
+
+    `.venv/bin/python` and `.venv/bin/promote` run this interpreter (which has every dependency)
+    with the copy first on the import path; the Makefile's install stamps are newer than
+    pyproject.toml, so `make install` does nothing. No pip: a workflow that tried to install
+    into this venv would fail loudly instead of changing the developer's environment.
+    """
+    _wrapper_bin(workspace / ".venv" / "bin", workspace, python)
     for stamp in (".installed", ".installed-test"):
         (workspace / ".venv" / stamp).touch()
 
@@ -1128,18 +1134,7 @@ def seed_promote_install(tool_cache: Path, version: str, python_version: str,
     interpreter on `source`'s code (like `seed_venv`), so the install step finds a cache hit and
     never runs pip."""
     bin_dir = tool_cache / "mlflow-promote" / version / python_version / "bin"
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    pythonpath = f'PYTHONPATH="{source}${{PYTHONPATH:+:$PYTHONPATH}}"'
-    scripts = {
-        "python": f'#!/bin/sh\n{pythonpath} exec "{python}" "$@"\n',
-        "promote": f'#!/bin/sh\n{pythonpath} exec "{python}" -m promotion "$@"\n',
-    }
-    for name, text in scripts.items():
-        path = bin_dir / name
-        path.write_text(text)
-        path.chmod(0o755)
-    if not (bin_dir / "python3").exists():
-        (bin_dir / "python3").symlink_to("python")
+    _wrapper_bin(bin_dir, source, python)
     return bin_dir
 
 

@@ -225,6 +225,63 @@ def test_predictions_match_the_model_loaded_directly(tracking_uri, client, model
         assert metric(text, "promote_serve_in_sync") == 1
 
 
+# -- batching ------------------------------------------------------------------------------------
+
+
+def _rows(client: int, k: int) -> list[list[float]]:
+    """Client `client`'s k-th request: 1 to 4 rows no other request has."""
+    return [[float(client), k + j / 10] for j in range(1 + (client + k) % 4)]
+
+
+async def _clients(url: str, clients: int, requests: int) -> list[tuple[list, httpx.Response]]:
+    async def one(http: httpx.AsyncClient, c: int) -> list[tuple[list, httpx.Response]]:
+        out = []
+        for k in range(requests):
+            rows = _rows(c, k)
+            out.append((rows, await http.post(url, json=split_payload(rows))))
+        return out
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        answers = await asyncio.gather(*(one(http, c) for c in range(clients)))
+    return [a for each in answers for a in each]
+
+
+def test_concurrent_clients_each_get_their_own_rows_from_merged_batches(tracking_uri, client,
+                                                                        model_name):
+    version = log_version(model_name, "a")
+    client.set_registered_model_alias(model_name, "Production", version)
+    with serving(tracking_uri, model_name, "--poll-interval", "30") as endpoint:
+        url = endpoint.url + "/invocations"
+
+        def in_process() -> float:
+            text = endpoint.get("/metrics").text
+            return metric(text, "promote_serve_batch_calls_total", version=version,
+                          where="process") or 0.0
+
+        # The scoring process loads the version after the first batch: until then batches are
+        # scored in the endpoint's own process. Both must answer the same.
+        deadline = time.monotonic() + 120
+        rounds = 0
+        while True:
+            answers = asyncio.run(_clients(url, 32, 6))
+            rounds += 1
+            for rows, answer in answers:
+                assert answer.status_code == 200, answer.text
+                assert answer.headers["X-Model-Version"] == version
+                assert answer.json()["predictions"] == pytest.approx(expected("a", rows))
+            if (in_process() > 0 and rounds >= 2) or time.monotonic() > deadline:
+                break
+        assert in_process() > 0, endpoint.log()[-3000:]
+        text = endpoint.get("/metrics").text
+        calls = metric(text, "promote_serve_batch_requests_count", version=version)
+        merged = metric(text, "promote_serve_batch_requests_sum", version=version)
+        assert merged == 32 * 6 * rounds
+        assert calls is not None and calls < merged  # some calls scored several requests
+        assert metric(text, "promote_serve_batch_rows_sum", version=version) == sum(
+            len(_rows(c, k)) for c in range(32) for k in range(6)) * rounds
+
+
 # -- following the alias under load ------------------------------------------------------------
 
 

@@ -7,6 +7,7 @@ shutdown (exit codes, SIGTERM, the log) are described in `promotion.serve.server
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -65,6 +66,17 @@ from promotion.serve.specs import parse_size, parse_specs
 @click.option("--scoring-threads", default=ServeOptions.scoring_threads, show_default=True,
               type=click.IntRange(min=1), metavar="N",
               help="Scoring requests run at the same time (raise it for models that wait on I/O).")
+@click.option("--max-batch-rows", default=ServeOptions.max_batch_rows, show_default=True,
+              type=click.IntRange(min=0), metavar="N",
+              help="Merge concurrent requests for the same version into one predict call of at "
+                   "most N rows (0: score every request alone).")
+@click.option("--max-batch-wait-ms", default=ServeOptions.max_batch_wait_ms, show_default=True,
+              type=click.FloatRange(min=0.0), metavar="MS",
+              help="The longest a batch waits for requests still being read; a lone request "
+                   "on an idle endpoint is scored at once.")
+@click.option("--scoring-processes", default=None, type=click.IntRange(min=0), metavar="N",
+              help="Score batches in N processes of their own, off the endpoint's GIL "
+                   "(default: 1 when two or more cores are usable, else 0: on threads).")
 @click.option("--keep-alive", default=ServeOptions.keep_alive, show_default=True,
               type=click.IntRange(min=1), metavar="SECONDS",
               help="Close idle client connections after this long.")
@@ -91,11 +103,8 @@ from promotion.serve.specs import parse_size, parse_specs
               help="Request copies waiting for a shadow canary at most; beyond, they are "
                    "dropped and counted.")
 def command(specs: tuple[str, ...], alias: str, lazy: tuple[str, ...],
-            memory_budget: str | None, cache_dir: str | None, registry_timeout: float,
-            host: str, port: int, poll_interval: float | None, max_body_bytes: int,
-            request_timeout: float, scoring_threads: int, keep_alive: int, access_log: bool,
-            log_uri: str, log_sample_rate: float, log_max_rows: int, log_queue: int,
-            row_key: str | None, shadow_queue: int) -> ServeResult:
+            memory_budget: str | None, cache_dir: str | None, log_uri: str,
+            row_key: str | None, **plain: Any) -> ServeResult:
     """Serve models over HTTP, following their aliases as they move.
 
     \b
@@ -113,6 +122,9 @@ def command(specs: tuple[str, ...], alias: str, lazy: tuple[str, ...],
 
     Every request is logged to --log-uri (with the rows of --log-sample-rate of
     them), off the request path: a slow or dead log database never fails a request.
+
+    Concurrent requests for the same version are scored in one predict call
+    (--max-batch-rows), in a scoring process of their own (--scoring-processes).
 
     When the alias moves (a promotion or a rollback), the new version is loaded in the
     background and swapped in atomically; a version that cannot be loaded never replaces
@@ -138,15 +150,10 @@ def command(specs: tuple[str, ...], alias: str, lazy: tuple[str, ...],
     parse_specs(specs, alias, lazy)  # one line naming a bad SPEC, before anything else
     if row_key is not None and not row_key.strip():
         raise InvalidInput("--row-key must not be empty")
-    options = ServeOptions(model=specs[0], more=specs[1:], lazy=lazy,
+    # The other options are ServeOptions' fields as they are.
+    options = ServeOptions(model=specs[0], more=specs[1:], lazy=lazy, alias=alias,
                            memory_budget=_budget(memory_budget), cache_dir=_cache_dir(cache_dir),
-                           registry_timeout=registry_timeout, alias=alias, host=host, port=port,
-                           poll_interval=poll_interval, max_body_bytes=max_body_bytes,
-                           request_timeout=request_timeout, scoring_threads=scoring_threads,
-                           keep_alive=keep_alive, access_log=access_log,
-                           log_uri=_log_uri(log_uri), log_sample_rate=log_sample_rate,
-                           log_max_rows=log_max_rows, log_queue=log_queue, row_key=row_key,
-                           shadow_queue=shadow_queue)
+                           log_uri=_log_uri(log_uri), row_key=row_key, **plain)
     with requires_extra("serve", "promote serve"):
         return serve(options, tracking_uri())
 

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from datetime import date, datetime
 from typing import Any
 
-from promotion.monitoring.logrecords import RequestRecord
+from promotion.monitoring.logrecords import EncodedRows, RequestRecord
 
 
 def encode(records: Sequence[RequestRecord]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -40,14 +40,18 @@ def encode(records: Sequence[RequestRecord]) -> tuple[list[dict[str, Any]], list
 def _rows_of(record: RequestRecord) -> list[dict[str, Any]]:
     """The logged rows of a request; none when its input cannot be encoded (the request
     itself is still logged: one odd payload must not cost the rest of the batch)."""
-    if record.inputs is None:
+    if record.encoded is not None:
+        lines, predictions = record.encoded.lines, record.encoded.predictions
+        keys = record.encoded.keys or ()
+    elif record.inputs is None:
         return []
-    try:
-        lines = input_lines(record.inputs)
-        predictions = prediction_values(record.predictions, len(lines))
-    except (TypeError, ValueError, OverflowError, RecursionError):
-        return []
-    keys = record.row_keys or ()
+    else:
+        try:
+            lines = input_lines(record.inputs)
+            predictions = prediction_values(record.predictions, len(lines))
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            return []
+        keys = record.row_keys or ()
     out = []
     for i, line in enumerate(lines):
         number, other = predictions[i] if i < len(predictions) else (None, None)
@@ -57,6 +61,25 @@ def _rows_of(record: RequestRecord) -> list[dict[str, Any]]:
                     "row_key": _text_column(keys[i]) if i < len(keys) and keys[i] is not None
                     else None})
     return out
+
+
+def encode_rows(inputs: Any, raw: Any, max_rows: int, row_key: str | None) -> EncodedRows | None:
+    """The first `max_rows` rows of a request and their predictions, encoded as the log stores
+    them, where the request was scored (a scoring process), so that the endpoint's own process
+    only writes them. None when they cannot be encoded (the request itself is still logged)."""
+    import pandas as pd
+
+    try:
+        frame = inputs if isinstance(inputs, pd.DataFrame) else pd.DataFrame(inputs)
+        frame = frame.iloc[:max_rows]
+        lines = input_lines(frame)
+        predictions = prediction_values(raw, len(lines))
+        keys = None
+        if row_key is not None and row_key in frame.columns:
+            keys = tuple("" if pd.isna(v) else str(v) for v in frame[row_key].tolist())
+    except (TypeError, ValueError, OverflowError, RecursionError):
+        return None
+    return EncodedRows(lines, predictions, keys)
 
 
 def _is_missing(value: Any) -> bool:

@@ -44,6 +44,19 @@ class RequestRecord:
     predictions: Any = None  # the raw predictions for those rows (ndarray/list/DataFrame), or None
     row_keys: tuple[str, ...] | None = None  # the row-key column's values for the sampled rows
     role: Role = "answer"
+    # The sampled rows already encoded where the request was scored (instead of inputs,
+    # predictions and row_keys): logencode.encode_rows.
+    encoded: EncodedRows | None = None
+
+
+@dataclass(frozen=True)
+class EncodedRows:
+    """A request's logged rows, encoded: one JSON object per input row, (number, JSON text) per
+    prediction, the row keys."""
+
+    lines: list[str]
+    predictions: list[tuple[float | None, str | None]]
+    keys: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

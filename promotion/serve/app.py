@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 
 from promotion.monitoring.logstore import LogWriter
+from promotion.serve.batching import DEFAULT_BATCHING, BatchLimits
 from promotion.serve.documents import events_document, log_document, version_document
 from promotion.serve.fleet import Fleet, build_fleet
 from promotion.serve.follower import AliasFollower
@@ -84,21 +85,24 @@ def create_app(follower: AliasFollower, *, max_body_bytes: int = DEFAULT_MAX_BOD
                sample_rate: float = DEFAULT_SAMPLE_RATE, max_rows: int = DEFAULT_MAX_ROWS,
                row_key: str | None = None, rng: random.Random | None = None,
                shadow_queue: int = DEFAULT_SHADOW_QUEUE,
-               webhook_secret: str | None = None) -> FastAPI:
+               webhook_secret: str | None = None,
+               batching: BatchLimits = DEFAULT_BATCHING) -> FastAPI:
     """The ASGI app of one model. With `manage_follower`, the app starts and stops the
     follower's thread; the log writer, when there is one, is always started with the app and
     closed after it (closing writes what is queued). `rng` draws the sampled requests (seed it
     in tests). `shadow_queue` bounds the request copies waiting for a shadow canary; its thread
     starts with the first copy and stops with the app (`app.state.canary.mirror.stop()` without
     one). `webhook_secret` (PROMOTE_WEBHOOK_SECRET) checks MLflow's deliveries to POST
-    /hooks/mlflow; without it every delivery is refused.
+    /hooks/mlflow; without it every delivery is refused. `batching` merges concurrent requests
+    into one predict call (`serve.batching`; `BatchLimits(0)`: every request scored alone).
 
     /health, /version and /metrics never wait for scoring: they answer from the event loop.
     """
     fleet = build_fleet([follower], log=log, sample_rate=sample_rate, max_rows=max_rows,
                         row_key=row_key, rng=rng, max_body_bytes=max_body_bytes,
                         request_timeout=request_timeout, scoring_threads=scoring_threads,
-                        shadow_queue=shadow_queue, webhook_secret=webhook_secret)
+                        shadow_queue=shadow_queue, webhook_secret=webhook_secret,
+                        batching=batching)
     return fleet_app(fleet, manage_follower=manage_follower)
 
 

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from promotion.monitoring.logstore import LogWriter
+from promotion.serve.batching import DEFAULT_BATCHING, BatchLimits, Scorer
 from promotion.serve.budget import MemoryBudget, Resident
 from promotion.serve.documents import log_document
 from promotion.serve.follower import AliasFollower
@@ -157,8 +158,11 @@ def build_fleet(followers: Sequence[AliasFollower], *, budget: MemoryBudget | No
                 log: LogWriter | None = None, sample_rate: float, max_rows: int,
                 row_key: str | None = None, rng: random.Random | None = None,
                 max_body_bytes: int, request_timeout: float, scoring_threads: int,
-                shadow_queue: int, webhook_secret: str | None = None) -> Fleet:
-    """The slots of `followers` (one scoring limiter, one log, one webhook receiver for all)."""
+                shadow_queue: int, webhook_secret: str | None = None,
+                batching: BatchLimits = DEFAULT_BATCHING, scorer: Scorer | None = None) -> Fleet:
+    """The slots of `followers` (one scoring limiter, one log, one webhook receiver for all;
+    each model batches its own requests, `batching`, scored by `scorer`: on a thread of this
+    process by default, or in scoring processes, serve.workers)."""
     if not 0.0 <= sample_rate <= 1.0 or max_rows < 0:
         raise ValueError("sample_rate must be within [0, 1] and max_rows >= 0")
     requests = RequestLog(log, sample_rate, max_rows, row_key, rng or random.Random())
@@ -167,6 +171,7 @@ def build_fleet(followers: Sequence[AliasFollower], *, budget: MemoryBudget | No
     scoring = anyio.CapacityLimiter(scoring_threads)
     slots = [ModelSlot(f, requests, hooks, budget, scoring, max_body_bytes=max_body_bytes,
                        request_timeout=request_timeout, scoring_threads=scoring_threads,
-                       shadow_queue=shadow_queue, log_metrics=len(followers) == 1)
+                       shadow_queue=shadow_queue, log_metrics=len(followers) == 1,
+                       batching=batching, scorer=scorer)
              for f in followers]
     return Fleet(slots, budget, hooks, log)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from promotion.monitoring.logstore import LogWriter
+from promotion.serve.batchscore import Scored
 from promotion.serve.budget import MemoryBudget
 from promotion.serve.canary import Canary
 from promotion.serve.documents import registry_view
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
     from prometheus_client.registry import Collector, CollectorRegistry
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+BATCH_REQUESTS_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+BATCH_WAIT_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -56,12 +60,46 @@ class Metrics:
         self.latency = Histogram("promote_serve_request_duration_seconds", "Time to answer a "
                                  "scoring request, by served version.", ["version"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_rows = Histogram("promote_serve_batch_rows", "Rows per predict call (with "
+                                    "batching on), by version.", ["version"],
+                                    buckets=BATCH_ROWS_BUCKETS, registry=self.registry)
+        self.batch_requests = Histogram("promote_serve_batch_requests", "Requests per predict "
+                                        "call (with batching on), by version.", ["version"],
+                                        buckets=BATCH_REQUESTS_BUCKETS, registry=self.registry)
+        self.batch_wait = Histogram("promote_serve_batch_wait_seconds", "Time a parsed request "
+                                    "waited for its predict call (for a scoring thread, and for "
+                                    "its batch to fill), by version.", ["version"],
+                                    buckets=BATCH_WAIT_BUCKETS, registry=self.registry)
+        self.batch_retries = Counter("promote_serve_batch_retries", "Batches scored again "
+                                     "request by request (one request failed the call, or the "
+                                     "predictions were not one per row), by version.",
+                                     ["version"], registry=self.registry)
+        self.batch_calls = Counter("promote_serve_batch_calls", "Predict calls of the batcher, "
+                                   "by version and where they ran (process: a scoring process; "
+                                   "thread: the endpoint's own, while the processes load a "
+                                   "version or when they are off).", ["version", "where"],
+                                   registry=self.registry)
         self.registry.register(_follower_collector(follower))
         self.registry.register(_events_collector(follower, deliveries))
         if canary is not None:
             self.registry.register(_canary_collector(follower, canary))
         if log is not None:
             self.registry.register(_log_collector(log))
+
+    def observe_batch(self, version: str, scored: Scored, waits: Sequence[float]) -> None:
+        """One batch of the batcher (serve.batching.BatchObserver): its predict calls, where
+        they ran, the calls made again request by request, each request's wait."""
+        rows, requests = self.batch_rows.labels(version), self.batch_requests.labels(version)
+        for count, row_count in scored.calls:
+            requests.observe(count)
+            rows.observe(row_count)
+        if scored.calls:
+            self.batch_calls.labels(version, scored.where).inc(len(scored.calls))
+        if scored.retried:
+            self.batch_retries.labels(version).inc(scored.retried)
+        wait = self.batch_wait.labels(version)
+        for seconds in waits:
+            wait.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -42,6 +42,10 @@ class RequestError(Exception):
         self.reason = reason  # the `reason` label of promote_serve_request_errors_total
         self.message = message
 
+    def __reduce__(self) -> tuple[type[RequestError], tuple[int, str, str]]:
+        # Sent back from a scoring process as it is.
+        return RequestError, (self.status, self.reason, self.message)
+
     @property
     def error_code(self) -> str:
         return {400: "BAD_REQUEST", 413: "PAYLOAD_TOO_LARGE", 415: "UNSUPPORTED_MEDIA_TYPE",
@@ -77,6 +81,25 @@ def parse_request(body: bytes, content_type: str | None, schema: Any) -> tuple[A
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise RequestError(400, "bad_input",
                            clip(f"cannot read the payload: {type(exc).__name__}: {exc}")) from exc
+
+
+def json_object(body: bytes, content_type: str | None) -> dict | None:
+    """The body as a JSON object when it is one (UTF-8 JSON), else None: never raises."""
+    mime, charset = _content_type(content_type)
+    if mime != "application/json" or charset not in ("utf-8", "utf8"):
+        return None
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def parse_split(columns: list[str], data: list[list[Any]], schema: Any) -> Any:
+    """The DataFrame of a `dataframe_split` input, cast to `schema` as MLflow does."""
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+    return infer_and_parse_data({"dataframe_split": {"columns": columns, "data": data}}, schema)
 
 
 def _content_type(header: str | None) -> tuple[str, str]:
@@ -153,6 +176,7 @@ class Scoring:
     rows: int = 0  # rows in it (0 until it is parsed)
     raw: Any = None  # the model's raw predictions
     params: dict | None = None  # the request's params, if it had any
+    logged: Any = None  # its sampled rows, already encoded (monitoring.logrecords.EncodedRows)
 
 
 def score(served: Served, body: bytes, content_type: str | None,

@@ -59,8 +59,10 @@ def record(rid: str, arrived: datetime, model: str, alias: str, version: str | N
            seconds: float, status: int, seen: Scoring, sampled: bool, max_rows: int,
            row_key: str | None, role: Role = "answer") -> RequestRecord:
     """The log record of one request (its rows when `sampled` and it was scored)."""
-    inputs = predictions = keys = None
-    if status == 200 and seen.raw is not None and sampled:
+    inputs = predictions = keys = encoded = None
+    if status == 200 and sampled and seen.logged is not None:
+        encoded = seen.logged  # encoded where it was scored
+    elif status == 200 and seen.raw is not None and sampled:
         try:
             inputs, predictions, keys = sample_rows(seen.data, seen.raw, max_rows, row_key)
         except Exception:  # inputs no table holds (tensors): the request is still logged
@@ -68,4 +70,4 @@ def record(rid: str, arrived: datetime, model: str, alias: str, version: str | N
     return RequestRecord(request_id=rid, at=arrived, model=model, alias=alias, version=version,
                          rows=seen.rows, latency_ms=seconds * 1000.0,
                          outcome=outcome_of(status), status=status, inputs=inputs,
-                         predictions=predictions, row_keys=keys, role=role)
+                         predictions=predictions, row_keys=keys, role=role, encoded=encoded)

@@ -13,6 +13,9 @@ alias's version) and, during a rollout, the canary with its share. Then:
   shadow mirror (`serve.shadow.ShadowMirror`), which scores them on the canary off the request
   path and logs its answers under the same request id.
 
+With batching on, scoring goes through the model's queue (`serve.batching`): concurrent requests
+for the same version are scored in one predict call, and each gets only its own rows back.
+
 Every answer names the version that produced it in X-Model-Version. Whether a request's rows are
 logged is drawn once, when it arrives, and shared by every record about it.
 """
@@ -32,6 +35,8 @@ import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from promotion.serve.batching import Arrival, Batcher
+from promotion.serve.batchscore import Raw
 from promotion.serve.canary import Canary
 from promotion.serve.follower import AliasFollower, CanaryState, Served
 from promotion.serve.metrics import Metrics
@@ -71,7 +76,7 @@ class Invocations:
 
     def __init__(self, follower: AliasFollower, metrics: Metrics, log: RequestLog,
                  canary: Canary, *, max_body_bytes: int, request_timeout: float,
-                 scoring: anyio.CapacityLimiter) -> None:
+                 scoring: anyio.CapacityLimiter, batcher: Batcher | None = None) -> None:
         self.follower = follower
         self.metrics = metrics
         self.log = log
@@ -79,10 +84,20 @@ class Invocations:
         self.max_body_bytes = max_body_bytes
         self.request_timeout = request_timeout
         self.scoring = scoring
+        self.batcher = batcher  # None: every request parsed and scored alone
 
     async def handle(self, request: Request, loading: str | None = None) -> Response:
         """Answer one request. `loading` says why nothing is served yet when a lazy model's
         load is still on its way: the 503 then carries Retry-After."""
+        arrival = self.batcher.arrive() if self.batcher is not None else None
+        try:
+            return await self._handle(request, loading, arrival)
+        finally:
+            if arrival is not None:
+                arrival.close()
+
+    async def _handle(self, request: Request, loading: str | None,
+                      arrival: Arrival | None) -> Response:
         incoming = Incoming.of(request, self.log.draw())
         # Taken once: the whole request runs on this state even if a swap happens meanwhile.
         state = self.follower.state
@@ -100,8 +115,10 @@ class Invocations:
             return answer
         budget = self.request_timeout
         first = self.canary.answering(held, incoming.key)
+        # Its parsed input and raw predictions are needed for a shadow copy.
+        keep = self.canary.mirrors(held, incoming.key)
         if first is not None:
-            answered, spent = await self._on_canary(incoming, first, body)
+            answered, spent = await self._on_canary(incoming, first, body, keep, arrival)
             if answered is not None:
                 return answered
             # The primary has what the canary left: at least half.
@@ -109,7 +126,8 @@ class Invocations:
         seen = Scoring()
         own = time.perf_counter()
         try:
-            response = await self._score(served, body, incoming.content_type, seen, budget)
+            response = await self._score(served, body, incoming.content_type, seen, budget,
+                                         keep=keep, sampled=incoming.sampled, arrival=arrival)
         except Exception as exc:
             response = self._failed(exc, version)
         # After a canary's failed attempt, the log holds each version's own time (the client
@@ -124,8 +142,8 @@ class Invocations:
                 data=seen.data if seen.params is None else None))
         return response
 
-    async def _on_canary(self, incoming: Incoming, held: CanaryState,
-                         body: bytes) -> tuple[Response | None, float]:
+    async def _on_canary(self, incoming: Incoming, held: CanaryState, body: bytes, keep: bool,
+                         arrival: Arrival | None) -> tuple[Response | None, float]:
         """(the canary's answer, or None when it failed and the primary must answer; the
         seconds it took)."""
         served, route = held.served, held.route
@@ -134,7 +152,8 @@ class Invocations:
         started = time.perf_counter()
         try:
             response = await self._score(served, body, incoming.content_type, seen,
-                                         self.request_timeout / 2, canary=True)
+                                         self.request_timeout / 2, canary=True, keep=keep,
+                                         sampled=incoming.sampled, arrival=arrival)
         except RequestError as exc:  # the input's fault: answered as it is, no fallback
             response = self._failed(exc, served.version)
         except Exception as exc:
@@ -154,7 +173,18 @@ class Invocations:
         return self._answer(incoming, served, response, seen, held, canary=True), 0.0
 
     async def _score(self, served: Served, body: bytes, content_type: str | None,
-                     seen: Scoring, timeout: float, *, canary: bool = False) -> Response:
+                     seen: Scoring, timeout: float, *, canary: bool = False, keep: bool = False,
+                     sampled: bool = False, arrival: Arrival | None = None) -> Response:
+        if self.batcher is not None:
+            # Timed out while queued, it leaves the queue; while its batch runs, the batch goes
+            # on without it (a canary attempt is then counted as late until the batch returns).
+            raw = Raw(body, content_type, keep=keep,
+                      log_rows=self.log.max_rows if sampled else 0, row_key=self.log.row_key)
+            async with asyncio.timeout(timeout):
+                content = await self.batcher.score(served, raw, seen, arrival=arrival,
+                                                   late=self.canary.late if canary else None)
+            return Response(content, media_type="application/json",
+                            headers={VERSION_HEADER: served.version})
         work = functools.partial(score, served, body, content_type, seen)
         # A canary attempt is abandoned when it times out (its thread runs on, counted as late):
         # the primary must not wait for it.

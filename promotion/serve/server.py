@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
+import os
 import shutil
 import signal
 import socket
@@ -48,6 +50,7 @@ from promotion.serve.app import (
     DEFAULT_SCORING_THREADS,
     fleet_app,
 )
+from promotion.serve.batching import DEFAULT_MAX_BATCH_ROWS, DEFAULT_MAX_BATCH_WAIT_MS, BatchLimits
 from promotion.serve.budget import MemoryBudget
 from promotion.serve.cache import ServeCache, default_cache_dir
 from promotion.serve.fleet import build_fleet
@@ -56,6 +59,7 @@ from promotion.serve.loading import scratch_dir
 from promotion.serve.shadow import DEFAULT_SHADOW_QUEUE
 from promotion.serve.specs import ModelSpec, format_size, parse_specs
 from promotion.serve.startup import check_start, follower_for
+from promotion.serve.workers import ScoringProcesses
 
 log = logging.getLogger("promotion.serving")
 
@@ -85,6 +89,9 @@ class ServeOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT
     scoring_threads: int = DEFAULT_SCORING_THREADS
+    max_batch_rows: int = DEFAULT_MAX_BATCH_ROWS  # 0: no batching
+    max_batch_wait_ms: float = DEFAULT_MAX_BATCH_WAIT_MS
+    scoring_processes: int | None = None  # None: one when 2+ cores are usable (with batching)
     access_log: bool = False
     # Longer than the idle timeout of common load balancers (60 s): the endpoint, not the
     # balancer, must be the last to close an idle connection, or a request sent on a connection
@@ -147,10 +154,60 @@ def poll_interval_for(options: ServeOptions, webhooks: bool) -> float:
 
 def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
     """Log through the redacting formatter and run the endpoint until it is stopped."""
-    import uvicorn
-
     specs = options.specs()
     _configure_logging()
+    processes = scoring_processes(options)
+    try:
+        return _run(options, specs, tracking_uri, processes)
+    finally:
+        if processes is not None:
+            processes.close()
+
+
+def scoring_processes(options: ServeOptions) -> ScoringProcesses | None:
+    """The scoring processes the options ask for, forked now: before any thread, socket or
+    connection of the endpoint exists (None: batches are scored on threads)."""
+    count = scoring_processes_for(options)
+    if not count:
+        return None
+    import mlflow.pyfunc  # noqa: F401 - imported once, before the fork, for every process
+
+    # Each process holds the served version and the canary of every model, and the version
+    # before them while a swap completes.
+    return ScoringProcesses(count, keep=2 * (1 + len(options.more)) + 1)
+
+
+def scoring_processes_for(options: ServeOptions) -> int:
+    """--scoring-processes, or by default one when batching is on, the endpoint serves one model
+    and may use two cores or more (with batching off, each request is scored on a thread; an
+    endpoint of several models keeps one copy of each, unless asked)."""
+    if not options.max_batch_rows:
+        return 0
+    if options.scoring_processes is not None:
+        return options.scoring_processes
+    return 1 if usable_cores() >= 2 and not options.more else 0
+
+
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity, bounded by a container's CPU quota
+    (cgroup v2 `cpu.max`, e.g. a Kubernetes CPU limit) when there is one."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def _run(options: ServeOptions, specs: tuple[ModelSpec, ...], tracking_uri: str | None,
+         processes: ScoringProcesses | None) -> ServeResult:
+    import uvicorn
+
     secret = secret_from_env()  # read once; never logged
     poll_interval = poll_interval_for(options, secret is not None)
     store = LogStore(options.log_uri) if options.log_uri is not None else None  # URI checked
@@ -162,6 +219,7 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
             if options.cache_dir is not None else None
         starts = check_start(client, specs, cache, options.registry_timeout)
         _log_webhooks(secret is not None, poll_interval)
+        _log_batching(options, processes)
         budget = MemoryBudget(options.memory_budget, [s.name for s in specs if s.lazy])
         _log_memory(budget, cache)
         followers = [follower_for(client, start, poll_interval=poll_interval, scratch=scratch,
@@ -172,8 +230,12 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
                             sample_rate=options.log_sample_rate, max_rows=options.log_max_rows,
                             row_key=options.row_key, max_body_bytes=options.max_body_bytes,
                             request_timeout=options.request_timeout,
-                            scoring_threads=options.scoring_threads,
-                            shadow_queue=options.shadow_queue, webhook_secret=secret)
+                            scoring_threads=max(options.scoring_threads,
+                                                len(processes.processes) if processes else 0),
+                            shadow_queue=options.shadow_queue, webhook_secret=secret,
+                            batching=BatchLimits(options.max_batch_rows,
+                                                 options.max_batch_wait_ms / 1000),
+                            scorer=processes.score if processes is not None else None)
         app = fleet_app(fleet)
         config = uvicorn.Config(app, log_level="info", access_log=options.access_log,
                                 timeout_keep_alive=options.keep_alive,
@@ -193,6 +255,17 @@ def serve(options: ServeOptions, tracking_uri: str | None) -> ServeResult:
         shutil.rmtree(scratch, ignore_errors=True)
         if store is not None:
             store.close()
+
+
+def _log_batching(options: ServeOptions, processes: ScoringProcesses | None) -> None:
+    if options.max_batch_rows:
+        where = (f"{len(processes.processes)} scoring process(es)" if processes is not None
+                 else f"{options.scoring_threads} scoring thread(s)")
+        log.info("batching: concurrent requests merged into predict calls of at most %d rows, "
+                 "waiting at most %g ms; scored in %s", options.max_batch_rows,
+                 options.max_batch_wait_ms, where)
+    else:
+        log.info("batching: off; %d scoring thread(s)", options.scoring_threads)
 
 
 def _log_memory(budget: MemoryBudget, cache: ServeCache | None) -> None:

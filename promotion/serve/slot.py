@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from promotion.errors import InvalidInput, LogUnavailable
 from promotion.monitoring.logstore import LogWriter
+from promotion.serve.batching import DEFAULT_BATCHING, Batcher, BatchLimits, Scorer
 from promotion.serve.budget import MemoryBudget
 from promotion.serve.canary import Canary
 from promotion.serve.documents import (
@@ -59,7 +60,8 @@ class ModelSlot:
     def __init__(self, follower: AliasFollower, requests: RequestLog, hooks: Webhooks,
                  budget: MemoryBudget, scoring: anyio.CapacityLimiter, *, max_body_bytes: int,
                  request_timeout: float, scoring_threads: int, shadow_queue: int,
-                 log_metrics: bool) -> None:
+                 log_metrics: bool, batching: BatchLimits = DEFAULT_BATCHING,
+                 scorer: Scorer | None = None) -> None:
         self.follower = follower
         self.name = follower.model
         self.log = requests
@@ -70,9 +72,12 @@ class ModelSlot:
                              scoring_threads=scoring_threads, shadow_queue=shadow_queue)
         self.metrics = Metrics(follower, requests.writer if log_metrics else None, self.canary,
                                deliveries=hooks.counts if log_metrics else None)
+        self.batcher = Batcher(scoring, batching, self.metrics.observe_batch, scorer) \
+            if batching.on else None
         self.invocations = Invocations(follower, self.metrics, requests, self.canary,
                                        max_body_bytes=max_body_bytes,
-                                       request_timeout=request_timeout, scoring=scoring)
+                                       request_timeout=request_timeout, scoring=scoring,
+                                       batcher=self.batcher)
         self._watcher: asyncio.Task[str | None] | None = None
 
     @property

@@ -275,10 +275,14 @@ class Batcher:
         served = batch[0].served
         taken = time.perf_counter()
         waits = [taken - job.queued for job in batch]
+        # A lone request on an otherwise idle endpoint is scored on this process's thread: with
+        # nothing to merge it with, a hop to a scoring process would only add to its latency.
+        alone = len(batch) == 1 and len(self._running) <= 1 and self._arriving == 0
+        scorer = score_in_thread if alone else self.scorer
         scored: Scored | None = None
         try:
-            scored = await anyio.to_thread.run_sync(_scored_then_done, self.scorer, served,
-                                                    batch, self.limits.max_rows)
+            scored = await anyio.to_thread.run_sync(_scored_then_done, scorer, served, batch,
+                                                    self.limits.max_rows)
         finally:
             self._release(running)
             results = scored.results if scored is not None else [

@@ -64,15 +64,17 @@ class Receiver:
                 at = time.monotonic()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                # Recorded before it is answered: once the sender has its answer, the test may
+                # look for the delivery at once.
+                with receiver._arrived:
+                    receiver.deliveries.append(Delivery(self.path, headers, body, at))
+                    receiver._arrived.notify_all()
                 answer = json.dumps({"received": True}).encode()
                 self.send_response(receiver.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
                 self.wfile.write(answer)
-                with receiver._arrived:
-                    receiver.deliveries.append(Delivery(self.path, headers, body, at))
-                    receiver._arrived.notify_all()
 
             def log_message(self, *args: object) -> None:
                 pass
